@@ -1,0 +1,59 @@
+"""Small domain exceptions. Adapters map them to HTTP or exit codes in one place each."""
+
+from __future__ import annotations
+
+
+class Nx1Error(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(Nx1Error):
+    """A `[nx1_connect]` option has a value that cannot be used."""
+
+
+class StoreUnavailable(Nx1Error):
+    """The snapshot store cannot be reached (connect failed or timed out)."""
+
+
+class NotFound(Nx1Error):
+    """A named thing (data API, snapshot, key) does not exist."""
+
+
+class DataApiNotFound(NotFound):
+    """No data API has that name."""
+
+
+class SnapshotNotFound(NotFound):
+    """No retained published snapshot has that id, or none is published yet."""
+
+
+class KeyNotFound(NotFound):
+    """No data API key has that id."""
+
+
+class ValidationError(Nx1Error):
+    """Input from a user (request parameter, CLI option, form field) is not valid."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RuleError(Nx1Error):
+    """A rule cannot run as written (bad SQL for its kind, bad columns, name clash)."""
+
+
+class AuthError(Nx1Error):
+    """A data API key is missing, malformed, unknown, expired or revoked (public: 401).
+
+    `reason` is for internal logs and tests only; it never contains the key.
+    """
+
+    def __init__(self, reason: str, *, missing: bool = False) -> None:
+        super().__init__("A valid data API key is required.")
+        self.reason = reason
+        self.missing = missing
+
+
+class Forbidden(Nx1Error):
+    """A valid key was presented for another data API (public: 403)."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the snapshot store, shipped inside the package."""

@@ -1,0 +1,1 @@
+"""Rule operators (filled in by the operators issue)."""

@@ -1,0 +1,53 @@
+"""Provider metadata for Airflow's `apache_airflow_provider` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_nx1_connect import __version__
+from airflow_nx1_connect.core.settings import OPTIONS, SECTION
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider and its `[nx1_connect]` config section to Airflow."""
+    options = {
+        name: {
+            "description": description,
+            "version_added": "0.1.0",
+            "type": "string" if name == "sql_alchemy_conn" else "integer",
+            "example": "postgresql+psycopg://user:pass@host:5432/nx1"
+            if name == "sql_alchemy_conn"
+            else None,
+            "default": default,
+            **({"sensitive": True} if name == "sql_alchemy_conn" else {}),
+        }
+        for name, (default, description) in OPTIONS.items()
+    }
+    return {
+        "package-name": "airflow-nx1-connect",
+        "name": "NX1 Connect",
+        "description": "Scheduled SQL rules (Ask and Engineer) served as read-only data APIs.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "NX1 Connect",
+                "external-doc-url": "https://github.com/nx1/airflow-nx1-connect",
+                "tags": ["software"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "NX1 Connect",
+                "python-modules": ["airflow_nx1_connect.operators"],
+            }
+        ],
+        "plugins": [
+            {"name": "nx1_connect", "plugin-class": "airflow_nx1_connect.plugin.Nx1ConnectPlugin"}
+        ],
+        "config": {
+            SECTION: {
+                "description": "NX1 Connect: the snapshot store and the data REST API.",
+                "options": options,
+            }
+        },
+    }

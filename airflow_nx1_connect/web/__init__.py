@@ -1,0 +1,1 @@
+"""Web adapters: Flask blueprint, FAB admin view, FastAPI app. Imported only when served."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: a fresh snapshot store per test on real SQLite and real PostgreSQL.
+
+PostgreSQL is the server at NX1_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test);
+each test gets its own schema, dropped afterwards. `make test` makes sure it is running;
+the PostgreSQL cases are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get("NX1_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+# Airflow reads its home at import: give the whole session a private one before any import.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="nx1-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_SESSION_HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+for _key in list(os.environ):
+    if _key.startswith("AIRFLOW__NX1_CONNECT__"):
+        del os.environ[_key]
+
+
+def pg_admin_url() -> str:
+    """The PostgreSQL server's URL for psycopg (schema management)."""
+    return PG_URL
+
+
+def make_pg_schema() -> tuple[str, str]:
+    """Create a fresh schema; return (its name, a store URL whose search_path is it)."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    base = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    sep = "&" if "?" in base else "?"
+    return schema, f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+def drop_pg_schema(schema: str) -> None:
+    """Drop a schema made by make_pg_schema, with everything in it."""
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty, unmigrated store: a SQLite file, or a fresh PostgreSQL schema."""
+    from airflow_nx1_connect.core import store
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        store.dispose_engines()
+        return
+    schema, url = make_pg_schema()
+    try:
+        yield url
+    finally:
+        store.dispose_engines()
+        drop_pg_schema(schema)
+
+
+@pytest.fixture
+def store_env(store_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Point `[nx1_connect] sql_alchemy_conn` (environment) at the test's store."""
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", store_url)
+    return store_url
+
+
+@pytest.fixture
+def engine(store_env: str):
+    """A migrated store engine (SQLite and PostgreSQL)."""
+    from airflow_nx1_connect.core import store
+
+    eng = store.get_engine(store_env)
+    store.migrate(eng)
+    return eng

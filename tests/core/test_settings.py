@@ -1,0 +1,69 @@
+"""`[nx1_connect]` settings: defaults, environment overrides, airflow.cfg, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_nx1_connect.core.errors import ConfigError
+from airflow_nx1_connect.core.settings import get_settings
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
+    for key in (
+        "SQL_ALCHEMY_CONN",
+        "SNAPSHOT_RETENTION",
+        "DEFAULT_PAGE_SIZE",
+        "MAX_PAGE_SIZE",
+        "MAX_KEY_DAYS",
+    ):
+        monkeypatch.delenv(f"AIRFLOW__NX1_CONNECT__{key}", raising=False)
+    return tmp_path
+
+
+def test_defaults(home):
+    s = get_settings()
+    assert s.sql_alchemy_conn == f"sqlite:///{home / 'nx1_connect.db'}"
+    assert (s.snapshot_retention, s.default_page_size, s.max_page_size, s.max_key_days) == (
+        5,
+        1000,
+        10000,
+        365,
+    )
+
+
+def test_environment_overrides_are_read_when_used(home, monkeypatch):
+    get_settings()
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SNAPSHOT_RETENTION", "2")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_KEY_DAYS", "30")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", "postgresql://x@h/db")
+    s = get_settings()
+    assert (s.snapshot_retention, s.max_key_days, s.sql_alchemy_conn) == (
+        2,
+        30,
+        "postgresql://x@h/db",
+    )
+
+
+def test_airflow_cfg_is_read_and_environment_wins(home, monkeypatch):
+    (home / "airflow.cfg").write_text("[nx1_connect]\ndefault_page_size = 50\nmax_page_size = 70\n")
+    assert get_settings().default_page_size == 50
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__DEFAULT_PAGE_SIZE", "60")
+    s = get_settings()
+    assert (s.default_page_size, s.max_page_size) == (60, 70)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SNAPSHOT_RETENTION", "zero", "whole number"),
+        ("MAX_KEY_DAYS", "0", "at least 1"),
+        ("DEFAULT_PAGE_SIZE", "20000", "must not exceed"),
+    ],
+)
+def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):
+    monkeypatch.setenv(f"AIRFLOW__NX1_CONNECT__{key}", value)
+    with pytest.raises(ConfigError, match=message):
+        get_settings()

@@ -1,0 +1,129 @@
+"""core.snapshots: write lifecycle, types round-trip, write modes, retention, failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_nx1_connect.core import snapshots as snaps
+from airflow_nx1_connect.core.errors import RuleError, SnapshotNotFound
+
+
+def _register(engine, name="sales", kind="engineer"):
+    return snaps.register_data_api(engine, name=name, kind=kind, dag_id="d", task_id="t")
+
+
+def _write(engine, rows, *, name="sales", columns=None, **kw):
+    columns = columns or [snaps.Column("k", "INTEGER"), snaps.Column("v", "TEXT")]
+    return snaps.write_snapshot(engine, data_api=name, columns=columns, batches=[rows], **kw)
+
+
+def _all_rows(engine, snap):
+    cols = snaps.resolve_columns(snap, None)
+    return [r for batch in snaps.iter_rows(engine, snap, cols, batch_size=2) for r in batch]
+
+
+def test_publish_moves_latest_and_values_round_trip(engine):
+    _register(engine)
+    columns = [
+        snaps.Column("n", "INTEGER"),
+        snaps.Column("t", "TEXT"),
+        snaps.Column("d", "NUMERIC"),
+        snaps.Column("b", "BOOLEAN"),
+        snaps.Column("day", "DATE"),
+        snaps.Column("ts", "TIMESTAMP"),
+        snaps.Column("j", "JSON"),
+        snaps.Column("r", "REAL"),
+    ]
+    rows = [
+        (
+            1,
+            "Crème 'brûlée' \"x\"",
+            decimal.Decimal("12.3400"),
+            True,
+            dt.date(2026, 1, 2),
+            dt.datetime(2026, 1, 2, 3, 4, 5),
+            {"a": [1, 2]},
+            1.5,
+        ),
+        (None, None, None, None, None, None, None, None),
+        (
+            2**40,
+            "日本",
+            decimal.Decimal("-0.000001"),
+            False,
+            dt.date(1999, 12, 31),
+            dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+            [1, "x"],
+            -2.25,
+        ),
+    ]
+    snap = _write(engine, rows, name="sales", columns=columns, run_id="r1")
+    assert snap.status == "published" and snap.row_count == 3
+    assert snaps.latest_snapshot(engine, "sales").id == snap.id
+    assert _all_rows(engine, snap) == rows
+
+
+def test_modes_append_and_merge(engine):
+    _register(engine)
+    _write(engine, [(1, "a"), (2, "b")])
+    app = _write(engine, [(3, "c")], write_mode="append")
+    assert _all_rows(engine, app) == [(1, "a"), (2, "b"), (3, "c")]
+    merged = _write(engine, [(2, "B"), (4, "d")], write_mode="merge", merge_keys=["k"])
+    assert _all_rows(engine, merged) == [(2, "B"), (4, "d"), (1, "a"), (3, "c")]
+    over = _write(engine, [(9, "z")])
+    assert _all_rows(engine, over) == [(9, "z")]
+
+
+def test_failure_keeps_previous_latest_and_leaves_no_table(engine):
+    _register(engine)
+    good = _write(engine, [(1, "a")])
+
+    def broken():
+        yield [(2, "b")]
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError, match="source went away"):
+        snaps.write_snapshot(
+            engine,
+            data_api="sales",
+            columns=[snaps.Column("k", "INTEGER"), snaps.Column("v", "TEXT")],
+            batches=broken(),
+        )
+    assert snaps.latest_snapshot(engine, "sales").id == good.id
+    failed = snaps.list_snapshots(engine, "sales", statuses=("failed",))
+    assert len(failed) == 1 and "source went away" in failed[0].error
+    assert failed[0].table_name not in sa.inspect(engine).get_table_names()
+
+
+def test_retention_drops_old_tables(engine):
+    _register(engine)
+    made = [_write(engine, [(i, "x")], retention=2) for i in range(4)]
+    kept = snaps.list_snapshots(engine, "sales")
+    assert [s.id for s in kept] == [made[3].id, made[2].id]
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {s.table_name for s in made[:2]}.isdisjoint(tables)
+    with pytest.raises(SnapshotNotFound):
+        snaps.get_snapshot(engine, "sales", made[0].id)
+
+
+def test_name_owned_by_another_task_or_kind_fails(engine):
+    _register(engine)
+    with pytest.raises(RuleError, match="belongs to task"):
+        snaps.register_data_api(engine, name="sales", kind="engineer", dag_id="d2", task_id="t")
+    with pytest.raises(RuleError, match="engineer data API"):
+        snaps.register_data_api(engine, name="sales", kind="ask", dag_id="d", task_id="t")
+
+
+def test_infer_columns_rejects_duplicates_and_empty_names():
+    with pytest.raises(RuleError, match="'A' appears twice"):
+        snaps.infer_columns([("a", None), ("A", None)], [])
+    with pytest.raises(RuleError, match="Column 2 of the result has no name"):
+        snaps.infer_columns([("a", None), ("", None)], [])
+    cols = snaps.infer_columns(
+        [("a", None), ("b", 1700), ("c", None)], [(1, None, None), (2.5, None, None)], "postgresql"
+    )
+    assert [c.type for c in cols] == ["REAL", "NUMERIC", "TEXT"]

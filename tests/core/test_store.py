@@ -1,0 +1,51 @@
+"""The snapshot store: migrations on both backends, engine settings."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from airflow_nx1_connect.core import store
+
+
+def test_migrate_creates_only_nx1_tables_and_is_idempotent(engine):
+    store.migrate(engine)  # second run
+    tables = set(sa.inspect(engine).get_table_names())
+    assert tables == {"nx1_alembic_version", "nx1_data_apis", "nx1_snapshots", "nx1_api_keys"}
+    assert store.current_revision(engine) == store.head_revision()
+
+
+def test_key_hash_is_unique_indexed(engine):
+    indexes = {ix["name"]: ix for ix in sa.inspect(engine).get_indexes("nx1_api_keys")}
+    assert indexes["ix_nx1_api_keys_key_hash"]["unique"]
+
+
+def test_sqlite_uses_wal_and_busy_timeout(tmp_path):
+    eng = store.create_store_engine(f"sqlite:///{tmp_path / 'x' / 's.db'}")
+    with eng.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == store.SQLITE_BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    eng.dispose()
+
+
+def test_postgres_url_uses_psycopg3_with_connect_timeout():
+    eng = store.create_store_engine("postgresql://u@127.0.0.1:1/x")
+    assert eng.url.drivername == "postgresql+psycopg"
+    assert eng.dialect.driver == "psycopg"
+    eng.dispose()
+
+
+def test_unreachable_store_fails_fast_with_a_clear_message():
+    import time
+
+    import pytest
+
+    from airflow_nx1_connect.core.errors import StoreUnavailable
+
+    # 127.0.0.1:1 refuses at once; a blackholed address is covered by the connect timeout.
+    eng = store.create_store_engine("postgresql://postgres@127.0.0.1:1/test")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        store.check_reachable(eng)
+    assert time.monotonic() - started < store.CONNECT_TIMEOUT_S + 2
+    eng.dispose()
