@@ -1,0 +1,144 @@
+"""Writer faults and concurrency, on SQLite and PostgreSQL stores (real processes).
+
+1. A run SIGKILLed mid-write leaves the previous snapshot served byte for byte, the half
+   snapshot invisible, and the next run removes it.
+3. Two runs of the same data API at once both finish; latest is one of them; retention
+   holds; no orphan tables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from airflow_nx1_connect.core import snapshots as snaps
+from airflow_nx1_connect.core.store import snapshots as snapshots_table
+
+ROOT = Path(__file__).resolve().parents[2]
+COLUMNS = [snaps.Column("i", "INTEGER"), snaps.Column("tag", "TEXT")]
+
+
+def _writer(url: str, name: str, rows: int, every: int, tag: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.reliability.writer_proc",
+            url,
+            name,
+            str(rows),
+            str(every),
+            tag,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _served_bytes(engine, name: str) -> tuple[str, bytes]:
+    snap = snaps.latest_snapshot(engine, name)
+    cols = snaps.resolve_columns(snap, None)
+    body = b"".join(
+        repr(row).encode() + b"\n" for batch in snaps.iter_rows(engine, snap, cols) for row in batch
+    )
+    return snap.id, body
+
+
+def _snap_tables(engine) -> set[str]:
+    return {t for t in sa.inspect(engine).get_table_names() if t.startswith(snaps.TABLE_PREFIX)}
+
+
+def _records(engine, status: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(snapshots_table.c.id, snapshots_table.c.table_name).where(
+                snapshots_table.c.status == status
+            )
+        ).all()
+
+
+def _wait_for_writing(engine, proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Wait until the child has a `writing` record and has written rows into its table."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "writer exited"
+        writing = _records(engine, "writing")
+        if writing:
+            time.sleep(0.5)  # let it get well into its rows
+            return writing[0][0]
+        time.sleep(0.05)
+    raise AssertionError("the writer never started writing")
+
+
+def test_killed_writer_leaves_previous_snapshot_served(engine, store_url):
+    snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
+    first = snaps.write_snapshot(
+        engine, data_api="ledger", columns=COLUMNS, batches=[[(1, "a"), (2, "é'\"")]]
+    )
+    before = _served_bytes(engine, "ledger")
+    tables_before = _snap_tables(engine)
+
+    proc = _writer(store_url, "ledger", 5_000_000, 2_000, "killed")
+    half_id = _wait_for_writing(engine, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    # What is served is byte for byte what was served before; the half snapshot is invisible.
+    assert _served_bytes(engine, "ledger") == before
+    assert [s.id for s in snaps.list_snapshots(engine, "ledger")] == [first.id]
+    assert half_id in {r[0] for r in _records(engine, "writing")}
+    # Its rows were never committed: no table beyond those before (the record waits for cleanup).
+    assert _snap_tables(engine) <= tables_before | {snaps.TABLE_PREFIX + half_id}
+
+    # The next run cleans it up and publishes normally.
+    nxt = snaps.write_snapshot(engine, data_api="ledger", columns=COLUMNS, batches=[[(3, "c")]])
+    assert _records(engine, "writing") == []
+    assert snaps.TABLE_PREFIX + half_id not in _snap_tables(engine)
+    assert snaps.latest_snapshot(engine, "ledger").id == nxt.id
+
+
+def test_live_writer_is_not_cleaned_up_by_another_run(engine, store_url):
+    snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
+    proc = _writer(store_url, "ledger", 60_000, 2_000, "slow")
+    live_id = _wait_for_writing(engine, proc)
+    assert snaps.cleanup_abandoned(engine, "ledger") == 0
+    assert live_id in {r[0] for r in _records(engine, "writing")}
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == live_id
+
+
+def test_concurrent_runs_of_one_data_api_stay_consistent(engine, store_url):
+    snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
+    for n in range(2):
+        snaps.write_snapshot(
+            engine, data_api="ledger", columns=COLUMNS, batches=[[(n, "seed")]], retention=3
+        )
+    procs = [_writer(store_url, "ledger", 30_000, 5_000, f"run{k}") for k in range(2)]
+    ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        ids.append(out.strip())
+
+    latest = snaps.latest_snapshot(engine, "ledger")
+    assert latest.id in ids and latest.row_count == 30_000
+    published = snaps.list_snapshots(engine, "ledger")
+    assert len(published) == 3  # retention=3 holds
+    assert set(ids) <= {s.id for s in published}
+    assert _records(engine, "writing") == []
+    # No orphan tables: every snapshot table belongs to a retained published snapshot.
+    assert _snap_tables(engine) == {s.table_name for s in published}
+    # Each retained snapshot is whole.
+    for s in published:
+        rows = [r for b in snaps.iter_rows(engine, s, snaps.resolve_columns(s, None)) for r in b]
+        assert len(rows) == s.row_count

@@ -1,0 +1,45 @@
+"""A rule-run writer in its own process, for fault tests: writes N rows into a data API.
+
+Usage: python -m tests.reliability.writer_proc STORE_URL DATA_API ROWS SLEEP_EVERY [TAG]
+Rows are (i, f"{tag}-{i}"). With SLEEP_EVERY > 0 it pauses 50 ms after each batch of that
+many rows, so a test can kill it while the snapshot is `writing`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from airflow_nx1_connect.core import snapshots, store
+
+
+def batches(rows: int, every: int, tag: str):
+    batch = []
+    for i in range(rows):
+        batch.append((i, f"{tag}-{i}"))
+        if len(batch) >= (every or 10_000):
+            yield batch
+            batch = []
+            if every:
+                time.sleep(0.05)
+    if batch:
+        yield batch
+
+
+def main() -> None:
+    url, name, rows, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    tag = sys.argv[5] if len(sys.argv) > 5 else "w"
+    engine = store.get_engine(url)
+    snap = snapshots.write_snapshot(
+        engine,
+        data_api=name,
+        columns=[snapshots.Column("i", "INTEGER"), snapshots.Column("tag", "TEXT")],
+        batches=batches(rows, every, tag),
+        run_id=tag,
+        retention=3,
+    )
+    print(snap.id, flush=True)
+
+
+if __name__ == "__main__":
+    main()
