@@ -156,7 +156,8 @@ def create_store_engine(url: str) -> Engine:
 
     SQLite: WAL mode, a busy timeout and foreign keys on every connection (its folder is
     created if missing). PostgreSQL (`postgresql://` means psycopg 3): `connect_timeout`
-    and pre-ping, so a dead server is seen in seconds, not minutes.
+    and pre-ping, so a dead server is seen in seconds, not minutes. `hide_parameters`
+    keeps bound values out of SQL logs and exception texts.
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -172,7 +173,8 @@ def create_store_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         kwargs["pool_pre_ping"] = True
         kwargs["pool_timeout"] = CONNECT_TIMEOUT_S
-    engine = sa.create_engine(parsed, **kwargs)
+    # Bound values (key hashes, snapshot rows) never appear in SQL logs or error messages.
+    engine = sa.create_engine(parsed, hide_parameters=True, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
     return engine
