@@ -1,0 +1,415 @@
+"""The data REST API as a FastAPI app (the plugin mounts it at `/nx1`).
+
+A thin adapter over `core.serving`, like the Flask blueprint (`web.blueprint`): the same
+requests get the same statuses, headers and bodies. Routes live under `/api/v1`, so
+behind Airflow's api-server they answer at `/nx1/api/v1/...`, with the OpenAPI document
+at `/nx1/api/v1/openapi.json` and interactive docs at `/nx1/api/v1/docs`.
+
+Query parameters are read raw and validated by `core.serving` (not by FastAPI), so a bad
+`start` is the same 400 problem+json on both adapters; they are described in the OpenAPI
+document through `openapi_extra`. FastAPI's and Starlette's own errors (unknown path, wrong
+method, validation) are turned into problem+json by the exception handlers below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response as FastAPIResponse
+from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airflow_nx1_connect.core import serving
+from airflow_nx1_connect.core.settings import get_settings
+
+API_PREFIX = "/api/v1"
+OPENAPI_URL = f"{API_PREFIX}/openapi.json"
+
+
+def _request(request: Request) -> serving.Request:
+    url = request.url
+    return serving.Request(
+        method=request.method,
+        url_root=f"{url.scheme}://{url.netloc}",
+        path=url.path,
+        query=list(request.query_params.multi_items()),
+        headers=dict(request.headers.items()),
+    )
+
+
+def _send(response: serving.Response) -> FastAPIResponse:
+    headers = dict(response.headers)
+    media_type = headers.pop("Content-Type", None)
+    if response.streaming:
+        assert not isinstance(response.body, bytes | bytearray)
+        return StreamingResponse(
+            response.body, status_code=response.status, headers=headers, media_type=media_type
+        )
+    assert isinstance(response.body, bytes | bytearray)
+    return FastAPIResponse(
+        bytes(response.body), status_code=response.status, headers=headers, media_type=media_type
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# OpenAPI description of what `core.serving` does
+# ---------------------------------------------------------------------------------------
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {serving.PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _problem(
+        "A key in the query string, two different keys, or a bad start, limit, columns or format."
+    ),
+    401: _problem(
+        "No key, or an unknown, malformed, expired or revoked key.",
+        {
+            "WWW-Authenticate": {
+                "description": '`Bearer` (no key) or `Bearer error="invalid_token"`.',
+                "schema": {"type": "string"},
+            }
+        },
+    ),
+    403: _problem("The key belongs to another data API (whether or not this name exists)."),
+    404: _problem("No such data API route, no snapshot published yet, or unknown snapshot id."),
+    405: _problem("Only GET and HEAD are allowed."),
+    503: _problem(
+        "The snapshot store cannot be reached (answered within seconds).",
+        {"Retry-After": {"schema": {"type": "string"}}},
+    ),
+}
+
+_CACHE_HEADERS = {
+    "ETag": {"description": "Validator for If-None-Match.", "schema": {"type": "string"}},
+    "Last-Modified": {
+        "description": "When the snapshot was published.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": "`public, max-age=31536000, immutable` on a snapshot's own URL; "
+        "a short max-age elsewhere.",
+        "schema": {"type": "string"},
+    },
+}
+
+_NOT_MODIFIED = {
+    "description": "The copy named in If-None-Match is current (empty body).",
+    "headers": _CACHE_HEADERS,
+}
+
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "An ETag from an earlier answer: 304 with no body if it is still current.",
+    "schema": {"type": "string"},
+}
+
+
+def _rows_parameters() -> list[dict[str, Any]]:
+    # `limit`'s maximum and default come from the settings when the document is built.
+    return [
+        {
+            "name": "start",
+            "in": "query",
+            "required": False,
+            "description": "Row offset (0-based) of the first row returned.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": serving.MAX_START, "default": 0},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Rows in the page (default: `default_page_size`, for JSON). CSV and "
+                "NDJSON without limit stream the whole snapshot from start."
+            ),
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        {
+            "name": "columns",
+            "in": "query",
+            "required": False,
+            "description": "Comma-separated column names: the subset and order of columns.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "format",
+            "in": "query",
+            "required": False,
+            "description": (
+                "json, csv or ndjson. Without it, the Accept header chooses (text/csv, "
+                "application/x-ndjson); JSON otherwise."
+            ),
+            "schema": {"type": "string", "enum": list(serving.FORMATS)},
+        },
+        _IF_NONE_MATCH,
+    ]
+
+
+def _rows_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": "A page of rows (JSON), or CSV / NDJSON (a page with limit, "
+            "the whole snapshot from start without).",
+            "headers": {
+                **_CACHE_HEADERS,
+                "Link": {
+                    "description": 'The next page: `<url>; rel="next"` (not on the last page).',
+                    "schema": {"type": "string"},
+                },
+            },
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/RowsPage"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        },
+        304: _NOT_MODIFIED,
+        **_ERRORS,
+    }
+
+
+def _json_ok(schema: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": description,
+            "headers": _CACHE_HEADERS,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        },
+        304: _NOT_MODIFIED,
+        **_ERRORS,
+    }
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details (application/problem+json).",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+    },
+    "SnapshotSummary": {
+        "type": "object",
+        "required": ["id", "run_id", "data_interval_end", "published_at", "row_count"],
+        "properties": {
+            "id": {"type": "string"},
+            "run_id": _NULLABLE_STRING,
+            "data_interval_end": {**_NULLABLE_STRING, "format": "date-time"},
+            "published_at": {**_NULLABLE_STRING, "format": "date-time"},
+            "row_count": {"type": ["integer", "null"]},
+        },
+    },
+    "Column": {
+        "type": "object",
+        "required": ["name", "type"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": {
+                "type": "string",
+                "enum": [
+                    "TEXT",
+                    "INTEGER",
+                    "REAL",
+                    "NUMERIC",
+                    "BOOLEAN",
+                    "DATE",
+                    "TIMESTAMP",
+                    "JSON",
+                ],
+            },
+        },
+    },
+    "DataApi": {
+        "type": "object",
+        "required": [
+            "name",
+            "kind",
+            "description",
+            "question",
+            "created_at",
+            "latest_snapshot",
+            "columns",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["ask", "engineer"]},
+            "description": _NULLABLE_STRING,
+            "question": _NULLABLE_STRING,
+            "created_at": {"type": "string", "format": "date-time"},
+            "latest_snapshot": {
+                "oneOf": [{"$ref": "#/components/schemas/SnapshotSummary"}, {"type": "null"}]
+            },
+            "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}},
+        },
+    },
+    "SnapshotList": {
+        "type": "object",
+        "required": ["data_api", "snapshots"],
+        "properties": {
+            "data_api": {"type": "string"},
+            "snapshots": {
+                "type": "array",
+                "description": "Retained published snapshots, newest first.",
+                "items": {"$ref": "#/components/schemas/SnapshotSummary"},
+            },
+        },
+    },
+    "RowsPage": {
+        "type": "object",
+        "required": ["data_api", "snapshot", "data"],
+        "properties": {
+            "data_api": {"type": "string"},
+            "snapshot": {"$ref": "#/components/schemas/SnapshotSummary"},
+            "data": {
+                "type": "object",
+                "required": ["start", "row_count", "columns", "column_types", "next_start", "data"],
+                "properties": {
+                    "start": {"type": "integer", "minimum": 0},
+                    "row_count": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Rows in this page.",
+                    },
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "column_types": {"type": "array", "items": {"type": "string"}},
+                    "next_start": {
+                        "type": ["integer", "null"],
+                        "description": "start of the next page; null on the last.",
+                    },
+                    "data": {"type": "array", "items": {"type": "array"}},
+                },
+            },
+        },
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------
+
+
+def create_app() -> FastAPI:
+    """A new FastAPI app serving the data REST API under /api/v1."""
+    app = FastAPI(
+        title="NX1 Connect data API",
+        version="1",
+        description=(
+            "Read-only data APIs published by Airflow rules. Send the data API key in "
+            "`Authorization: Bearer <key>` or `X-API-Key: <key>`, never in the URL. Errors "
+            "are application/problem+json."
+        ),
+        openapi_url=OPENAPI_URL,
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        redirect_slashes=False,
+    )
+
+    def make_view(endpoint: str) -> Any:
+        if "{snapshot_id}" in serving.ROUTES[endpoint]:
+
+            def snapshot_view(request: Request, name: str, snapshot_id: str) -> FastAPIResponse:
+                return _send(
+                    serving.handle(endpoint, _request(request), name=name, snapshot_id=snapshot_id)
+                )
+
+            return snapshot_view
+
+        def view(request: Request, name: str) -> FastAPIResponse:
+            return _send(serving.handle(endpoint, _request(request), name=name))
+
+        return view
+
+    summaries = {
+        "data_api": ("getDataApi", "The data API: kind, description, latest snapshot, columns"),
+        "latest": ("getLatestRows", "Rows of the latest published snapshot"),
+        "snapshots": ("listSnapshots", "Retained published snapshots, newest first"),
+        "snapshot": ("getSnapshotRows", "Rows of one retained snapshot (never changes)"),
+    }
+    for endpoint, path in serving.ROUTES.items():
+        operation_id, summary = summaries[endpoint]
+        rows = endpoint in ("latest", "snapshot")
+        view = make_view(endpoint)
+        app.add_api_route(
+            API_PREFIX + path,
+            view,
+            methods=["GET"],
+            operation_id=operation_id,
+            summary=summary,
+            response_class=FastAPIResponse,
+            responses=_rows_responses()
+            if rows
+            else _json_ok("DataApi" if endpoint == "data_api" else "SnapshotList", summary),
+            openapi_extra={"parameters": _rows_parameters() if rows else [_IF_NONE_MATCH]},
+        )
+        app.add_api_route(API_PREFIX + path, view, methods=["HEAD"], include_in_schema=False)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return _send(serving.http_error(_request(request), exc.status_code, detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> FastAPIResponse:
+        return _send(serving.bad_request("The request's parameters are not valid."))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> FastAPIResponse:
+        return _send(serving.error_response(exc))
+
+    built_for: list[Any] = [None]
+
+    def openapi() -> dict[str, Any]:
+        settings = get_settings()
+        if app.openapi_schema is None or built_for[0] != settings:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                servers=app.servers or None,
+            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(_SCHEMAS)
+            components["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "The data API key."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            for operation in (op for item in schema["paths"].values() for op in item.values()):
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "limit":
+                        parameter["schema"]["maximum"] = settings.max_page_size
+                        parameter["description"] = parameter["description"].replace(
+                            "`default_page_size`", str(settings.default_page_size)
+                        )
+            app.openapi_schema = schema
+            built_for[0] = settings
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()
