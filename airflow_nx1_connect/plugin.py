@@ -6,10 +6,37 @@ lazily by the attributes below, so the scheduler and workers do not pay for them
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.plugins_manager import AirflowPlugin
+
+
+class _Lazy:
+    """A plugin attribute computed on each access, so web modules load only where used."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self.factory()
+
+
+def _flask_blueprints() -> list[Any]:
+    from airflow_nx1_connect.web.blueprint import bp
+
+    return [bp]
+
+
+def _fastapi_apps() -> list[dict[str, Any]]:
+    from airflow_nx1_connect.web.api import app
+
+    return [{"app": app, "url_prefix": "/nx1", "name": "NX1 Connect data API"}]
 
 
 class Nx1ConnectPlugin(AirflowPlugin):
     """NX1 Connect: data REST API (Flask + FastAPI) and the admin view."""
 
     name = "nx1_connect"
+    # The data REST API: /pluginsv2/nx1/api/v1/... (Flask) and /nx1/api/v1/... (FastAPI).
+    flask_blueprints = _Lazy(_flask_blueprints)  # type: ignore[assignment]
+    fastapi_apps = _Lazy(_fastapi_apps)  # type: ignore[assignment]
