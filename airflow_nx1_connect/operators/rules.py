@@ -1,0 +1,491 @@
+"""Ask and Engineer rule operators: run a rule's SQL on a source, publish one snapshot.
+
+Both are thin adapters over `core.snapshots`: they read the source through the
+Connection's common.sql `DbApiHook` with a `fetchmany` cursor (a server-side cursor on
+PostgreSQL), hand the batches to `write_snapshot` as a generator (memory stays flat
+whatever the row count), and return only the snapshot's metadata to XCom.
+
+Failures that rerunning will not fix (bad SQL, a name owned by another rule, a merge
+key missing from the result) fail the task at once with `AirflowFailException`; a
+store or source outage raises an ordinary error, so the task's retries apply.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import Any, ClassVar
+
+from airflow.sdk import Asset, BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_nx1_connect.core import snapshots as snaps
+from airflow_nx1_connect.core import store
+from airflow_nx1_connect.core.errors import RuleError, StoreUnavailable, ValidationError
+from airflow_nx1_connect.core.settings import get_settings
+from airflow_nx1_connect.operators.sql_text import (
+    check_ask_sql,
+    read_only_problem,
+    split_statements,
+)
+
+#: Rows fetched from the source per `fetchmany` call (and written per store batch).
+FETCH_SIZE = snaps.BATCH_SIZE
+
+# SQLSTATE classes (first two characters) of errors in the SQL itself, not in the server.
+_RULE_SQLSTATE_CLASSES = frozenset(
+    {"0A", "21", "22", "23", "25", "26", "28", "2B", "2F", "34", "38", "39", "3F", "42", "44", "P0"}
+)
+_RULE_SQLITE_ERRORS = frozenset(
+    {"SQLITE_ERROR", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE", "SQLITE_READONLY"}
+)
+_RULE_ERROR_CLASSES = frozenset({"ProgrammingError", "DataError", "IntegrityError"})
+
+
+class _SourceError(Exception):
+    """An error raised by the source database while running or reading the rule's SQL."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def is_rule_error(exc: BaseException) -> bool:
+    """True when a source database error is about the SQL (retrying will not help)."""
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if isinstance(code, str) and len(code) >= 2:
+        return code[:2].upper() in _RULE_SQLSTATE_CLASSES
+    sqlite_name = getattr(exc, "sqlite_errorname", None)
+    if isinstance(sqlite_name, str):
+        return sqlite_name in _RULE_SQLITE_ERRORS
+    return any(c.__name__ in _RULE_ERROR_CLASSES | {"NotSupportedError"} for c in type(exc).__mro__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+class _RuleOperator(BaseOperator):
+    """Shared parts of the rule operators (not for direct use)."""
+
+    kind: ClassVar[str] = ""
+    template_fields: Sequence[str] = ("sql",)
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql"}
+
+    def __init__(
+        self,
+        *,
+        data_api: str,
+        conn_id: str,
+        sql: str,
+        description: str | None = None,
+        question: str | None = None,
+        write_mode: str = "overwrite",
+        merge_keys: Sequence[str] | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            snaps.validate_name(data_api)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        if not isinstance(conn_id, str) or not conn_id.strip():
+            raise ValueError("conn_id must name an Airflow Connection, e.g. conn_id='retail'.")
+        if not isinstance(sql, str) or not sql.strip():
+            raise ValueError("sql must be a SQL query or the path of a .sql file.")
+        if write_mode not in snaps.WRITE_MODES:
+            raise ValueError(
+                f"write_mode must be one of {', '.join(snaps.WRITE_MODES)}, not {write_mode!r}."
+            )
+        keys = [merge_keys] if isinstance(merge_keys, str) else list(merge_keys or [])
+        if write_mode == "merge":
+            if not keys:
+                raise ValueError(
+                    "write_mode='merge' needs merge_keys: the result columns that identify a "
+                    "row, e.g. merge_keys=['account_id']."
+                )
+            bad = [k for k in keys if not isinstance(k, str) or not k.strip()]
+            if bad:
+                raise ValueError(f"merge_keys must be column names, got {bad[0]!r}.")
+            if len(set(keys)) != len(keys):
+                raise ValueError("merge_keys names a column twice.")
+        elif keys:
+            raise ValueError(
+                f"merge_keys only apply to write_mode='merge', not {write_mode!r}: "
+                "remove merge_keys or set write_mode='merge'."
+            )
+        asset = Asset(f"nx1://{data_api}")
+        outlets = kwargs.pop("outlets", None)
+        if outlets is None:
+            outlets = []
+        elif not isinstance(outlets, list | tuple):
+            outlets = [outlets]
+        outlets = list(outlets)
+        if not any(isinstance(o, Asset) and o.uri == asset.uri for o in outlets):
+            outlets.append(asset)
+        super().__init__(outlets=outlets, **kwargs)
+        self.data_api = data_api
+        self.conn_id = conn_id
+        self.sql = sql
+        self.description = description
+        self.question = question
+        self.write_mode = write_mode
+        self.merge_keys = keys or None
+
+    # -- hooks for the subclasses -------------------------------------------------------
+
+    def _statements(self, sql: str) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def _read_only(self) -> bool:
+        return False
+
+    # -- the run ------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        """Run the rule and publish its snapshot; returns the snapshot's metadata."""
+        try:
+            statements = self._statements(self.sql)
+        except RuleError as exc:
+            raise AirflowFailException(str(exc)) from None
+        settings = get_settings()
+        engine = store.get_engine(settings.sql_alchemy_conn)
+        ti = context["ti"]
+        try:
+            self._ensure_store(engine)
+            snaps.register_data_api(
+                engine,
+                name=self.data_api,
+                kind=self.kind,
+                description=self.description,
+                question=self.question,
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                conn_id=self.conn_id,
+                write_mode=self.write_mode,
+            )
+            removed = snaps.cleanup_abandoned(engine, self.data_api)
+            if removed:
+                self.log.info("Removed %d snapshot(s) left by killed runs.", removed)
+        except RuleError as exc:
+            raise AirflowFailException(str(exc)) from None
+        except Exception as exc:
+            raise self._store_error(engine, exc) from exc
+
+        hook = self._hook()
+        try:
+            conn = hook.get_conn()
+        except Exception as exc:
+            raise AirflowException(
+                f"Cannot connect to the source database of Connection {self.conn_id!r}: "
+                f"{_first_line(exc)}"
+            ) from exc
+        try:
+            snapshot = self._run(
+                engine, hook, conn, statements, context, retention=settings.snapshot_retention
+            )
+        finally:
+            with suppress(Exception):
+                conn.close()
+        summary = {
+            "snapshot_id": snapshot.id,
+            "data_api": self.data_api,
+            "row_count": snapshot.row_count,
+            "columns": list(snapshot.columns),
+            "column_types": list(snapshot.column_types),
+            "published_at": snaps.iso(snapshot.published_at),
+            "run_id": snapshot.run_id,
+            "data_interval_end": snaps.iso(snapshot.data_interval_end),
+        }
+        self.log.info(
+            "Published snapshot %s of data API %r: %s rows.",
+            snapshot.id,
+            self.data_api,
+            snapshot.row_count,
+        )
+        return summary
+
+    def _ensure_store(self, engine: Any) -> None:
+        if store.current_revision(engine) != store.head_revision():
+            self.log.info("Creating or upgrading the snapshot store.")
+            store.migrate(engine)
+
+    @staticmethod
+    def _store_error(engine: Any, exc: Exception) -> Exception:
+        import sqlalchemy as sa
+
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            return StoreUnavailable(store.describe_store_error(engine, exc))
+        return exc
+
+    def _hook(self) -> Any:
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+        try:
+            connection = BaseHook.get_connection(self.conn_id)
+        except Exception as exc:
+            raise AirflowFailException(
+                f"Connection {self.conn_id!r} is not defined: add it in Admin > Connections "
+                f"or set AIRFLOW_CONN_{self.conn_id.upper()} ({_first_line(exc)})."
+            ) from None
+        hook = connection.get_hook()
+        if not isinstance(hook, DbApiHook):
+            raise AirflowFailException(
+                f"Connection {self.conn_id!r} has type {connection.conn_type!r}, whose hook "
+                f"({type(hook).__name__}) is not a SQL database hook. Use a Connection of a "
+                "SQL database (sqlite, postgres, mysql, trino, ...)."
+            )
+        return hook
+
+    def _run(
+        self,
+        engine: Any,
+        hook: Any,
+        conn: Any,
+        statements: list[str],
+        context: Any,
+        *,
+        retention: int,
+    ) -> snaps.Snapshot:
+        dialect = _dialect(hook)
+        final = statements[-1]
+        server_side = dialect == "postgresql" and read_only_problem(final) is None
+        try:
+            if self._read_only:
+                _make_read_only(conn, dialect)
+            for statement in statements[:-1]:
+                cur = conn.cursor()
+                try:
+                    cur.execute(statement)
+                finally:
+                    cur.close()
+            cursor = _open_cursor(conn, server_side)
+            cursor.execute(final)
+            first = _fetch(cursor)
+            description = cursor.description
+        except Exception as exc:
+            _rollback(conn)
+            raise self._source_failure(exc) from exc
+        if description is None:
+            raise AirflowFailException(
+                "The rule's last SQL statement returns no rows to publish; end it with a "
+                "SELECT (or a statement with RETURNING)."
+            )
+        try:
+            columns = snaps.infer_columns(description, first, dialect)
+            ti = context["ti"]
+            snapshot = snaps.write_snapshot(
+                engine,
+                data_api=self.data_api,
+                columns=columns,
+                batches=_batches(cursor, first),
+                run_id=context.get("run_id") or getattr(ti, "run_id", None),
+                data_interval_end=context.get("data_interval_end"),
+                write_mode=self.write_mode,
+                merge_keys=self.merge_keys,
+                retention=retention,
+                logger=self.log,  # type: ignore[arg-type]
+            )
+        except _SourceError as exc:
+            _rollback(conn)
+            raise self._source_failure(exc.original) from exc.original
+        except RuleError as exc:
+            _rollback(conn)
+            raise AirflowFailException(str(exc)) from None
+        except AirflowException:
+            _rollback(conn)
+            raise
+        except Exception as exc:
+            _rollback(conn)
+            raise self._store_error(engine, exc) from exc
+        finally:
+            with suppress(Exception):
+                cursor.close()
+        if self._read_only:
+            _rollback(conn)
+        else:
+            # An Engineer rule's own statements (temp tables, audit rows) take effect
+            # only once its snapshot is published.
+            with suppress(AttributeError):
+                conn.commit()
+        return snapshot
+
+    def _source_failure(self, exc: BaseException) -> BaseException:
+        message = (
+            f"The source database of Connection {self.conn_id!r} rejected the rule's SQL: "
+            f"{_first_line(exc)}"
+        )
+        if is_rule_error(exc):
+            return AirflowFailException(message)
+        return AirflowException(message + " (retryable)")
+
+
+def _dialect(hook: Any) -> str:
+    try:
+        name = str(hook.dialect_name)
+    except Exception:
+        name = ""
+    if not name or name == "default":
+        name = str(getattr(hook, "conn_type", "") or "")
+    return {"postgres": "postgresql", "sqlite3": "sqlite"}.get(name, name)
+
+
+def _make_read_only(conn: Any, dialect: str) -> None:
+    """Defence in depth for Ask rules: the source session itself refuses writes."""
+    cur = conn.cursor()
+    try:
+        if dialect == "sqlite":
+            cur.execute("PRAGMA query_only = ON")
+        elif dialect == "postgresql" and not getattr(conn, "autocommit", False):
+            cur.execute("SET TRANSACTION READ ONLY")
+    finally:
+        cur.close()
+
+
+def _open_cursor(conn: Any, server_side: bool) -> Any:
+    if server_side:
+        name = f"nx1_{uuid.uuid4().hex}"
+        try:
+            from psycopg.rows import tuple_row
+
+            return conn.cursor(name=name, row_factory=tuple_row)
+        except (ImportError, TypeError):
+            return conn.cursor(name=name)
+    cursor = conn.cursor()
+    with suppress(Exception):
+        cursor.arraysize = FETCH_SIZE
+    return cursor
+
+
+def _as_tuples(rows: Sequence[Any]) -> Sequence[Any]:
+    if rows and isinstance(rows[0], Mapping):
+        return [tuple(r.values()) for r in rows]
+    return rows
+
+
+def _fetch(cursor: Any) -> Sequence[Any]:
+    if cursor.description is None and not getattr(cursor, "name", None):
+        return []
+    return _as_tuples(cursor.fetchmany(FETCH_SIZE))
+
+
+def _batches(cursor: Any, first: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """The result in batches: the first (already fetched), then `fetchmany` until done."""
+    if not first:
+        return
+    yield first
+    if len(first) < FETCH_SIZE and not getattr(cursor, "name", None):
+        return
+    while True:
+        try:
+            batch = _as_tuples(cursor.fetchmany(FETCH_SIZE))
+        except Exception as exc:
+            raise _SourceError(exc) from exc
+        if not batch:
+            return
+        yield batch
+
+
+def _rollback(conn: Any) -> None:
+    with suppress(Exception):
+        conn.rollback()
+
+
+class AskRuleOperator(_RuleOperator):
+    """Publish the answer to a question: one read-only query, run on a schedule.
+
+    :param data_api: the data API's name (`^[a-z][a-z0-9_]{0,62}$`); its Asset is
+        `nx1://<data_api>`.
+    :param conn_id: an Airflow Connection of a SQL database (its hook is a `DbApiHook`).
+    :param sql: one SELECT (or WITH ... SELECT, VALUES) query, or a `.sql` file; Jinja.
+    :param description: what the data API serves.
+    :param question: the business question the query answers.
+
+    Anything but a single read-only query fails the task before the source is touched.
+    """
+
+    kind = "ask"
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        data_api: str,
+        conn_id: str,
+        sql: str,
+        description: str | None = None,
+        question: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for name in ("write_mode", "merge_keys"):
+            if name in kwargs:
+                raise ValueError(
+                    f"AskRuleOperator has no {name}: each run publishes the query's result. "
+                    "Use EngineerRuleOperator for append or merge."
+                )
+        super().__init__(
+            data_api=data_api,
+            conn_id=conn_id,
+            sql=sql,
+            description=description,
+            question=question,
+            **kwargs,
+        )
+
+    def _statements(self, sql: str) -> list[str]:
+        return [check_ask_sql(sql)]
+
+    @property
+    def _read_only(self) -> bool:
+        return True
+
+
+class EngineerRuleOperator(_RuleOperator):
+    """Publish a transformation's result set, overwritten, appended or merged.
+
+    :param data_api: the data API's name; its Asset is `nx1://<data_api>`.
+    :param conn_id: an Airflow Connection of a SQL database (its hook is a `DbApiHook`).
+    :param sql: the transformation, or a `.sql` file; Jinja. Several statements run in
+        order on one connection; the last one's rows are published; the rule's own
+        changes to the source are committed only after the snapshot is published.
+    :param write_mode: `overwrite` (the result), `append` (previous snapshot + result) or
+        `merge` (the result plus previous rows whose `merge_keys` are not in it).
+    :param merge_keys: the result columns identifying a row; required for `merge` only.
+    :param description: what the data API serves.
+    :param question: the business question it answers, if any.
+    """
+
+    kind = "engineer"
+    ui_color = "#fdf3e8"
+
+    def __init__(
+        self,
+        *,
+        data_api: str,
+        conn_id: str,
+        sql: str,
+        write_mode: str = "overwrite",
+        merge_keys: Sequence[str] | str | None = None,
+        description: str | None = None,
+        question: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            data_api=data_api,
+            conn_id=conn_id,
+            sql=sql,
+            description=description,
+            question=question,
+            write_mode=write_mode,
+            merge_keys=merge_keys,
+            **kwargs,
+        )
+
+    def _statements(self, sql: str) -> list[str]:
+        statements = split_statements(sql)
+        if not statements:
+            raise RuleError("The Engineer rule's SQL is empty: give at least one query.")
+        return statements
