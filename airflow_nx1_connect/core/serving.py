@@ -105,8 +105,14 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
+#: Request size limits, enforced here because not every server in front enforces one
+#: (uvicorn with httptools accepts a 10 MB header). Far above any real request.
+MAX_QUERY_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,6 +267,7 @@ def handle(
     if request.method not in ALLOWED_METHODS:
         return method_not_allowed(request)
     try:
+        _refuse_oversized(request)
         _refuse_key_in_query(request.query)
         settings = settings or _settings()
         engine = engine or get_engine(settings.sql_alchemy_conn)
@@ -277,6 +284,26 @@ def handle(
         _close(response.body)
         response.body = b""
     return response
+
+
+def _refuse_oversized(request: Request) -> None:
+    """414 for a query string, 431 for headers, larger than any real request needs."""
+    if sum(len(k) + len(v) + 2 for k, v in request.query) > MAX_QUERY_BYTES:
+        raise _Problem(
+            414,
+            "uri-too-long",
+            "URI too long",
+            f"The query string is longer than {MAX_QUERY_BYTES} bytes; ask for fewer columns "
+            "or page with start and limit.",
+        )
+    if sum(len(k) + len(v) + 4 for k, v in request.headers.items()) > MAX_HEADER_BYTES:
+        raise _Problem(
+            431,
+            "headers-too-large",
+            "Request header fields too large",
+            f"The request headers are larger than {MAX_HEADER_BYTES} bytes; send only the "
+            "Authorization or X-API-Key header and the usual ones.",
+        )
 
 
 def _close(body: bytes | Iterator[bytes]) -> None:

@@ -1,0 +1,8 @@
+"""The plugin's FastAPI app mounted under /nx1, as the Airflow api-server mounts it."""
+
+from fastapi import FastAPI
+
+from airflow_nx1_connect.web.api import app as data_api_app
+
+app = FastAPI()
+app.mount("/nx1", data_api_app)

@@ -1,0 +1,8 @@
+"""A plain Flask app serving the data API blueprint (Airflow mounts it under /pluginsv2)."""
+
+from flask import Flask
+
+from airflow_nx1_connect.web.blueprint import bp
+
+app = Flask(__name__)
+app.register_blueprint(bp)
