@@ -27,9 +27,12 @@ import os
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -632,17 +635,27 @@ def _text(value: Any) -> str:
 def _encode_batch(
     rows: Sequence[Sequence[Any]], encoders: Sequence[tuple[int, Callable[[Any], Any]]]
 ) -> Sequence[Sequence[Any]]:
-    if not encoders:
+    """Rows with the encoded columns converted; `rows` itself when nothing needs it.
+
+    Every encoder leaves `str` and None as they are, so a column holding only those
+    (checked with C-level `map`, no Python loop per row) is skipped; the others are
+    converted a column at a time. Most batches go to the driver untouched.
+    """
+    if not encoders or not rows:
         return rows
-    out = []
-    for r in rows:
-        values = list(r)
-        for i, enc in encoders:
-            v = values[i]
-            if v is not None:
-                values[i] = enc(v)
-        out.append(values)
-    return out
+    todo = []
+    for i, enc in encoders:
+        kinds = set(map(type, map(itemgetter(i), rows)))
+        kinds.discard(str)
+        kinds.discard(type(None))
+        if kinds:
+            todo.append((i, enc))
+    if not todo:
+        return rows
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    for i, enc in todo:
+        cols[i] = [None if v is None else enc(v) for v in cols[i]]
+    return list(zip(*cols, strict=True))
 
 
 def quote(engine_or_conn: Engine | Connection, name: str) -> str:
@@ -940,18 +953,21 @@ def _fill_sqlite(
     )
     cur = raw.cursor()
     try:
+        count = 0
         cur.execute("BEGIN IMMEDIATE")
         cur.execute(_create_table_sql(conn, table, columns))
         if previous is not None and mode == "append":
             cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
+            count += max(cur.rowcount, 0)
         for batch in batches:
             if batch:
                 cur.executemany(insert, _encode_batch(batch, encoders))
+                count += len(batch)
                 progress.add(len(batch))
         if previous is not None and mode == "merge":
             cur.execute(_merge_index_sql(conn, table, merge_keys or []))
             cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
-        count = cur.execute(f"SELECT count(*) FROM {quote(conn, table)}").fetchone()[0]
+            count += max(cur.rowcount, 0)
         cur.execute("COMMIT")
     except BaseException:
         if raw.in_transaction:
@@ -976,31 +992,64 @@ def _fill_postgres(
     assert raw is not None
     encoders = [(i, e) for i, c in enumerate(columns) if (e := _encoder(c.type, "postgresql"))]
     cols = ", ".join(quote(conn, c.name) for c in columns)
+    count = 0
     try:
         with raw.cursor() as cur:
             cur.execute(_create_table_sql(conn, table, columns))
             if previous is not None and mode == "append":
                 cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
+                count += max(cur.rowcount, 0)
             with cur.copy(f"COPY {quote(conn, table)} ({cols}) FROM STDIN") as copy:
+                write_rows = _copy_writer(copy)
                 for batch in batches:
                     if batch:
-                        for row in _encode_batch(batch, encoders):
-                            copy.write_row(row)
+                        write_rows(_encode_batch(batch, encoders))
+                        count += len(batch)
                         progress.add(len(batch))
             if previous is not None and mode == "merge":
                 cur.execute(_merge_index_sql(conn, table, merge_keys or []))
                 cur.execute(f"ANALYZE {quote(conn, table)}")
                 cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
+                count += max(cur.rowcount, 0)
             cur.execute(
                 f"ALTER TABLE {quote(conn, table)} ADD PRIMARY KEY ({quote(conn, ROW_COLUMN)})"
             )
-            cur.execute(f"SELECT count(*) FROM {quote(conn, table)}")
-            row = cur.fetchone()
         raw.commit()
     except BaseException:
         raw.rollback()
         raise
-    return int(row[0]) if row else 0
+    return count
+
+
+def _copy_writer(copy: Any) -> Callable[[Sequence[Sequence[Any]]], None]:
+    """A function writing a batch of rows to a psycopg text `COPY`.
+
+    With psycopg's C row formatter a whole batch is formatted into one buffer by a
+    C-level loop and sent in one `write` (no Python call per row); otherwise, or if
+    psycopg's internals change, it falls back to the public `write_row`.
+    """
+    try:
+        from psycopg._copy_base import TextFormatter, format_row_text
+
+        formatter = copy.formatter
+        transformer = formatter.transformer
+        usable = type(formatter) is TextFormatter
+    except (ImportError, AttributeError):
+        usable = False
+    if not usable:
+
+        def write_each(rows: Sequence[Sequence[Any]]) -> None:
+            for row in rows:
+                copy.write_row(row)
+
+        return write_each
+
+    def write_batch(rows: Sequence[Sequence[Any]]) -> None:
+        buffer = bytearray()
+        deque(map(format_row_text, rows, repeat(transformer), repeat(buffer)), maxlen=0)
+        copy.write(buffer)
+
+    return write_batch
 
 
 def _publish(engine: Engine, snapshot_id: str, data_api: str, row_count: int) -> Snapshot:
