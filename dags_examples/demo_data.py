@@ -121,7 +121,7 @@ def create_bank_db(path: Path | str, *, today: dt.date | None = None, seed: int 
         txns.append(("AC0012", recent.isoformat(sep=" "), 2_300.00, "EUR", "transfer", "KY"))
         for minute in range(5):
             at = recent + dt.timedelta(minutes=minute * 2)
-            txns.append(("AC0021", at.isoformat(sep=" "), 950.00, "EUR", "transfer", "PA"))
+            txns.append(("AC0021", at.isoformat(sep=" "), 950.00, "EUR", "transfer", "DE"))
         conn.executemany(
             "INSERT INTO transactions (account_id, booked_at, amount, currency, channel, "
             "counterparty_country) VALUES (?, ?, ?, ?, ?, ?)",

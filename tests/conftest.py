@@ -84,3 +84,22 @@ def engine(store_env: str):
     eng = store.get_engine(store_env)
     store.migrate(eng)
     return eng
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """The session AIRFLOW_HOME with a migrated Airflow metadata DB (SQLite); returns the home.
+
+    Runs `airflow db migrate` once per session (about 8 s). Needed by `dag.test()`.
+    """
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=dict(os.environ, AIRFLOW_HOME=str(_SESSION_HOME)),
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    return _SESSION_HOME
