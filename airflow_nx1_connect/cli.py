@@ -1,27 +1,136 @@
 """`nx1-connect`: manage the snapshot store, data APIs and data API keys from the shell.
 
-Built on click. User errors exit 1 with one line on stderr; never a traceback.
+Built on click. stdout carries only data (a new key, a table, JSON); messages go to
+stderr. User errors exit 1 with one line on stderr; never a traceback. Airflow is never
+imported: the store is found through `core.settings`, so the command starts fast.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from airflow_nx1_connect.core.errors import Nx1Error
 
+#: Set to 1 to let unexpected errors show their traceback (for bug reports).
+DEBUG_ENV = "NX1_CONNECT_DEBUG"
+#: Longest text shown in one table cell (JSON output is never shortened).
+CELL_WIDTH = 40
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _store_problem(exc: BaseException) -> str:
+    """One line for a database error: unreachable, not migrated, or something else."""
+    from airflow_nx1_connect.core import store
+
+    try:
+        engine = store.get_engine()
+        try:
+            store.check_reachable(engine)
+        except Nx1Error as unreachable:
+            return str(unreachable)
+        where = engine.url.render_as_string(hide_password=True)
+        if store.current_revision(engine) != store.head_revision():
+            return (
+                f"The snapshot store {where} is not set up or is out of date. "
+                "Run: nx1-connect db migrate"
+            )
+    except Exception:  # noqa: S110 - fall back to the generic line below
+        pass
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+    return f"The snapshot store failed: {detail[0] if detail else type(exc).__name__}."
+
 
 class _Group(click.Group):
-    """A click group that turns domain errors into one clear line and exit code 1."""
+    """A click group that turns errors into one clear line on stderr and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except Nx1Error as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+            message = str(exc)
+        except Exception as exc:
+            if ctx.parent is not None:  # let the outermost group report it, once
+                raise
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            import sqlalchemy as sa
+
+            if isinstance(exc, sa.exc.SQLAlchemyError):
+                message = _store_problem(exc)
+            elif isinstance(exc, OSError):
+                message = f"Cannot open the snapshot store: {exc}."
+            else:
+                message = (
+                    f"Unexpected error {type(exc).__name__}: {exc}. "
+                    f"Run again with {DEBUG_ENV}=1 to see the details."
+                )
+        click.echo(f"Error: {_one_line(message)}", err=True)
+        ctx.exit(1)
+
+
+def _engine() -> Any:
+    from airflow_nx1_connect.core import store
+
+    return store.get_engine()
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    """Text for a table cell: no control characters, one line, at most CELL_WIDTH."""
+    if value is None:
+        return "-"
+    text = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in str(value)
+    )
+    text = " ".join(text.split())
+    return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 3] + "..."
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for line in [list(headers), *cells]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _print_json(items: list[dict[str, Any]]) -> None:
+    click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON array of objects instead of a table."
+)
+days_option = click.option(
+    "--days",
+    required=True,
+    metavar="N",
+    help="Validity in whole days, from 1 to [nx1_connect] max_key_days (default 365).",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,12 +140,22 @@ def cli() -> None:
 
     The snapshot store is [nx1_connect] sql_alchemy_conn (environment variable
     AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN); by default a SQLite file in AIRFLOW_HOME.
+
+    Data (keys, tables, JSON) goes to stdout, messages to stderr. Exit code 0 on
+    success, 1 on an error (one line on stderr), 2 on a usage error.
     """
 
 
 @cli.group(cls=_Group)
 def db() -> None:
     """Create or upgrade the snapshot store."""
+
+
+def after_migrate(engine: Any) -> None:
+    """Extra setup run by `db migrate` once the store is at the newest schema.
+
+    The one place to add more idempotent setup steps (e.g. the admin view's roles).
+    """
 
 
 @db.command("migrate")
@@ -46,8 +165,223 @@ def db_migrate() -> None:
 
     engine = store.get_engine()
     store.migrate(engine)
+    after_migrate(engine)
     where = engine.url.render_as_string(hide_password=True)
-    click.echo(f"Snapshot store {where} is at revision {store.current_revision(engine)}.", err=True)
+    _note(f"Snapshot store {where} is at revision {store.current_revision(engine)}.")
+
+
+# -- apis -------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def apis() -> None:
+    """List and delete data APIs (they are created by a rule task's first run)."""
+
+
+def _api_dict(engine: Any, api: Any) -> dict[str, Any]:
+    from airflow_nx1_connect.core import snapshots
+    from airflow_nx1_connect.core.errors import SnapshotNotFound
+
+    try:
+        latest: dict[str, Any] | None = snapshots.latest_snapshot(engine, api.name).summary()
+    except SnapshotNotFound:
+        latest = None
+    return {
+        "name": api.name,
+        "kind": api.kind,
+        "description": api.description,
+        "question": api.question,
+        "dag_id": api.dag_id,
+        "task_id": api.task_id,
+        "write_mode": api.write_mode,
+        "created_at": snapshots.iso(api.created_at),
+        "updated_at": snapshots.iso(api.updated_at),
+        "latest_snapshot": latest,
+    }
+
+
+@apis.command("list")
+@json_option
+def apis_list(as_json: bool) -> None:
+    """List data APIs: kind, rule task, latest snapshot and its row count."""
+    from airflow_nx1_connect.core import snapshots
+
+    engine = _engine()
+    items = [_api_dict(engine, api) for api in snapshots.list_data_apis(engine)]
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        _note("No data APIs yet. A data API appears when its rule task first runs.")
+        return
+    _print_table(
+        ["NAME", "KIND", "RULE TASK", "LATEST SNAPSHOT", "PUBLISHED", "ROWS"],
+        [
+            [
+                i["name"],
+                i["kind"],
+                f"{i['dag_id']}.{i['task_id']}" if i["dag_id"] else None,
+                (i["latest_snapshot"] or {}).get("id"),
+                (i["latest_snapshot"] or {}).get("published_at"),
+                (i["latest_snapshot"] or {}).get("row_count"),
+            ]
+            for i in items
+        ],
+    )
+
+
+@apis.command("delete")
+@click.argument("name")
+def apis_delete(name: str) -> None:
+    """Delete data API NAME with all its keys and snapshots (no confirmation asked).
+
+    Its keys stop working at once. A rule task that runs again creates it anew.
+    """
+    from airflow_nx1_connect.core import keys, snapshots
+
+    engine = _engine()
+    snapshots.get_data_api(engine, name)
+    n_keys = len(keys.list_keys(engine, data_api=name))
+    n_snaps = len(
+        snapshots.list_snapshots(engine, name, statuses=("published", "writing", "failed"))
+    )
+    snapshots.delete_data_api(engine, name)
+    _note(f"Deleted data API {name!r} with {n_keys} key(s) and {n_snaps} snapshot(s).")
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def keys() -> None:
+    """Create and manage data API keys (each key reads one data API)."""
+
+
+@keys.command("create")
+@click.option("--data-api", "data_api", required=True, metavar="NAME", help="The data API.")
+@days_option
+@click.option("--description", metavar="TEXT", help="What the key is for (optional).")
+def keys_create(data_api: str, days: str, description: str | None) -> None:
+    """Create a key for one data API and print it on stdout, this once.
+
+    The key alone goes to stdout (e.g. KEY=$(nx1-connect keys create ...)); its id,
+    prefix and expiry go to stderr. Only a hash is stored: the key cannot be shown again.
+    """
+    from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core.snapshots import iso
+
+    created = core_keys.create_key(
+        _engine(), data_api=data_api, days=core_keys.validate_days(days), description=description
+    )
+    click.echo(created.secret)
+    k = created.key
+    _note(
+        f"Created key {k.id} (prefix {k.prefix}) for data API {k.data_api!r}, "
+        f"expires {iso(k.expires_at)}."
+    )
+    _note("Store it now: it is not shown again.")
+
+
+@keys.command("list")
+@click.option("--data-api", "data_api", metavar="NAME", help="Only the keys of this data API.")
+@json_option
+def keys_list(data_api: str | None, as_json: bool) -> None:
+    """List keys: id, prefix, data API, description, created, expires, last used, status.
+
+    Never shows a key or its hash.
+    """
+    from airflow_nx1_connect.core import keys as core_keys
+
+    items = [core_keys.key_to_dict(k) for k in core_keys.list_keys(_engine(), data_api=data_api)]
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        _note("No keys. Create one with: nx1-connect keys create --data-api NAME --days N")
+        return
+    fields = ["key_id", "prefix", "data_api", "description", "created", "expires", "last_used"]
+    _print_table(
+        [f.replace("_", " ").upper() for f in fields] + ["STATUS"],
+        [[i[f] for f in fields] + [i["status"]] for i in items],
+    )
+
+
+@keys.command("extend")
+@click.argument("key_id")
+@days_option
+def keys_extend(key_id: str, days: str) -> None:
+    """Move the expiry of key KEY_ID N days later (from now if it already expired)."""
+    from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core.snapshots import iso
+
+    key = core_keys.extend_key(_engine(), key_id, days=core_keys.validate_days(days))
+    _note(f"Key {key.id} now expires {iso(key.expires_at)}.")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke key KEY_ID: it is refused at once. The record stays for the audit trail."""
+    from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core.snapshots import iso
+
+    key = core_keys.revoke_key(_engine(), key_id)
+    _note(f"Key {key.id} is revoked since {iso(key.revoked_at)}.")
+
+
+@keys.command("delete")
+@click.argument("key_id")
+def keys_delete(key_id: str) -> None:
+    """Delete key KEY_ID and its record: it is refused at once."""
+    from airflow_nx1_connect.core import keys as core_keys
+
+    core_keys.delete_key(_engine(), key_id)
+    _note(f"Key {key_id} is deleted.")
+
+
+# -- snapshots --------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def snapshots() -> None:
+    """Inspect the snapshots a data API serves."""
+
+
+@snapshots.command("list")
+@click.argument("name")
+@json_option
+def snapshots_list(name: str, as_json: bool) -> None:
+    """List the retained published snapshots of data API NAME, newest first."""
+    from airflow_nx1_connect.core import snapshots as core_snapshots
+
+    engine = _engine()
+    api = core_snapshots.get_data_api(engine, name)
+    items = []
+    for snap in core_snapshots.list_snapshots(engine, name):
+        item = snap.summary()
+        item["latest"] = snap.id == api.latest_snapshot_id
+        item["columns"] = snap.columns
+        items.append(item)
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        _note(f"Data API {name!r} has no published snapshot yet.")
+        return
+    _print_table(
+        ["SNAPSHOT ID", "PUBLISHED", "ROWS", "RUN ID", "DATA INTERVAL END", "LATEST"],
+        [
+            [
+                i["id"],
+                i["published_at"],
+                i["row_count"],
+                i["run_id"],
+                i["data_interval_end"],
+                "yes" if i["latest"] else "",
+            ]
+            for i in items
+        ],
+    )
 
 
 def main() -> None:

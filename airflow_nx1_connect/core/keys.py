@@ -180,7 +180,12 @@ def validate_days(days: object, *, limit: int | None = None) -> int:
     elif isinstance(days, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", days):
         value = int(days)
     if value is None or not 1 <= value <= limit:
-        shown = repr(days) if len(repr(days)) <= 40 else repr(days)[:37] + "..."
+        shown = (
+            days.strip()
+            if isinstance(days, str) and days.strip().lstrip("+-").isdigit()
+            else repr(days)
+        )
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
         raise ValidationError(
             f"Validity must be a whole number of days from 1 to {limit} "
             f"([nx1_connect] max_key_days); got {shown}.",
