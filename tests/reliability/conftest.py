@@ -7,12 +7,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
 from airflow_nx1_connect.core import keys, snapshots, store
-from tests.conftest import drop_pg_schema, make_pg_schema
+from tests.conftest import PG_URL, drop_pg_schema, make_pg_schema
 from tests.reliability.servers import Server, start_server
+from tests.reliability.tcp_proxy import TcpProxy
 
 COLUMNS = [snapshots.Column("id", "INTEGER"), snapshots.Column("label", "TEXT")]
 
@@ -67,3 +69,28 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
         store.dispose_engines()
         if schema:
             drop_pg_schema(schema)
+
+
+@pytest.fixture
+def proxied_store():
+    """A migrated PostgreSQL store reached through a TcpProxy: (engine, proxy)."""
+    schema, url = make_pg_schema()
+    target = urlparse(PG_URL)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    proxy.start()
+    proxied = url.replace(f"{target.hostname}:{target.port or 5432}", f"127.0.0.1:{proxy.port}")
+    engine = store.create_store_engine(proxied)
+    try:
+        store.migrate(engine)
+        snapshots.register_data_api(engine, name="alerts", kind="engineer", dag_id="d", task_id="t")
+        snapshots.write_snapshot(
+            engine,
+            data_api="alerts",
+            columns=[snapshots.Column("n", "INTEGER")],
+            batches=[[(1,), (2,)]],
+        )
+        yield engine, proxy
+    finally:
+        proxy.stop()
+        engine.dispose()
+        drop_pg_schema(schema)
