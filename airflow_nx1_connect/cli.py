@@ -154,7 +154,8 @@ def db() -> None:
 def after_migrate(engine: Any) -> None:
     """Extra setup run by `db migrate` once the store is at the newest schema.
 
-    The one place to add more idempotent setup steps (e.g. the admin view's roles).
+    The one place to add more idempotent setup steps (e.g. the admin view's roles). Only
+    this command may import Airflow here; every other command stays Airflow-free.
     """
 
 
