@@ -991,7 +991,8 @@ def _fill_postgres(
     raw = conn.connection.driver_connection
     assert raw is not None
     encoders = [(i, e) for i, c in enumerate(columns) if (e := _encoder(c.type, "postgresql"))]
-    cols = ", ".join(quote(conn, c.name) for c in columns)
+    # The row number is sent by the client (no per-row sequence call in the server).
+    cols = ", ".join(quote(conn, n) for n in [ROW_COLUMN, *(c.name for c in columns)])
     count = 0
     try:
         with raw.cursor() as cur:
@@ -1003,10 +1004,16 @@ def _fill_postgres(
                 write_rows = _copy_writer(copy)
                 for batch in batches:
                     if batch:
-                        write_rows(_encode_batch(batch, encoders))
+                        write_rows(_encode_batch(batch, encoders), count + 1)
                         count += len(batch)
                         progress.add(len(batch))
             if previous is not None and mode == "merge":
+                if count:
+                    # Previous rows get identity numbers after the ones sent explicitly.
+                    cur.execute(
+                        "SELECT setval(pg_get_serial_sequence(%s, %s), %s)",
+                        (quote(conn, table), ROW_COLUMN, count),
+                    )
                 cur.execute(_merge_index_sql(conn, table, merge_keys or []))
                 cur.execute(f"ANALYZE {quote(conn, table)}")
                 cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
@@ -1021,12 +1028,15 @@ def _fill_postgres(
     return count
 
 
-def _copy_writer(copy: Any) -> Callable[[Sequence[Sequence[Any]]], None]:
-    """A function writing a batch of rows to a psycopg text `COPY`.
+_concat: Callable[..., tuple[Any, ...]] = tuple.__add__
 
-    With psycopg's C row formatter a whole batch is formatted into one buffer by a
-    C-level loop and sent in one `write` (no Python call per row); otherwise, or if
-    psycopg's internals change, it falls back to the public `write_row`.
+
+def _copy_writer(copy: Any) -> Callable[[Sequence[Sequence[Any]], int], None]:
+    """A function writing a batch of rows, numbered from `first`, to a psycopg text `COPY`.
+
+    With psycopg's row formatter a whole batch is numbered (C-level `map`), formatted
+    into one buffer by a C-level loop and sent in one `write`: no Python call per row.
+    If psycopg's internals ever change, it falls back to the public `write_row`.
     """
     try:
         from psycopg._copy_base import TextFormatter, format_row_text
@@ -1038,15 +1048,19 @@ def _copy_writer(copy: Any) -> Callable[[Sequence[Sequence[Any]]], None]:
         usable = False
     if not usable:
 
-        def write_each(rows: Sequence[Sequence[Any]]) -> None:
-            for row in rows:
-                copy.write_row(row)
+        def write_each(rows: Sequence[Sequence[Any]], first: int) -> None:
+            for number, row in enumerate(rows, start=first):
+                copy.write_row((number, *row))
 
         return write_each
 
-    def write_batch(rows: Sequence[Sequence[Any]]) -> None:
+    def write_batch(rows: Sequence[Sequence[Any]], first: int) -> None:
+        if not isinstance(rows[0], tuple):
+            rows = list(map(tuple, rows))
+        # (n,) + row for each row, at C level.
+        numbered = map(_concat, zip(range(first, first + len(rows))), rows)
         buffer = bytearray()
-        deque(map(format_row_text, rows, repeat(transformer), repeat(buffer)), maxlen=0)
+        deque(map(format_row_text, numbered, repeat(transformer), repeat(buffer)), maxlen=0)
         copy.write(buffer)
 
     return write_batch
