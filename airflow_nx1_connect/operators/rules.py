@@ -252,7 +252,12 @@ class _RuleOperator(BaseOperator):
     ) -> snaps.Snapshot:
         dialect = _dialect(hook)
         final = statements[-1]
-        server_side = dialect == "postgresql" and read_only_problem(final) is None
+        # A server-side (named) cursor needs a transaction and a plain query.
+        server_side = (
+            dialect == "postgresql"
+            and not getattr(conn, "autocommit", False)
+            and read_only_problem(final) is None
+        )
         try:
             if self._read_only:
                 _make_read_only(conn, dialect)
@@ -270,6 +275,7 @@ class _RuleOperator(BaseOperator):
             _rollback(conn)
             raise self._source_failure(exc) from exc
         if description is None:
+            _rollback(conn)
             raise AirflowFailException(
                 "The rule's last SQL statement returns no rows to publish; end it with a "
                 "SELECT (or a statement with RETURNING)."

@@ -138,3 +138,41 @@ def test_three_runs_all_write_modes_retention_xcom_asset(
             .where(AssetModel.name == f"nx1://{prefix}_ow", AssetEvent.source_dag_id == dag.dag_id)
         ).all()
     assert len(events) == 3
+
+
+STEPS_DAG = """
+import pendulum
+from airflow.sdk import DAG
+from airflow_nx1_connect.operators import EngineerRuleOperator
+
+with DAG("DAG_ID", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    EngineerRuleOperator(task_id="steps", data_api="{prefix}_steps", conn_id="nx1_src_sqlite",
+                         sql='''
+                             CREATE TEMP TABLE rich AS SELECT * FROM balances WHERE amount > 15;
+                             INSERT INTO balances VALUES ('Z', 99.0, 'added by the rule');
+                             SELECT account_id, amount FROM rich ORDER BY account_id;
+                         ''')
+    EngineerRuleOperator(task_id="no_rows", data_api="{prefix}_no_rows",
+                         conn_id="nx1_src_sqlite",
+                         sql="UPDATE balances SET amount = 0; UPDATE balances SET note = 'x'")
+"""
+
+
+def test_multi_statement_engineer_commits_only_after_publish(
+    engine, sqlite_source, make_dag, capfd
+):
+    prefix = f"s{engine.dialect.name[:2]}"
+    dag = make_dag(STEPS_DAG.format(prefix=prefix))
+    capfd.readouterr()
+    run = dag.test()
+    text = "".join(capfd.readouterr())
+    assert ti_states(run) == {"steps": "success", "no_rows": "failed"}
+    assert latest_rows(engine, f"{prefix}_steps") == [("B", 20.0), ("C", 30.25)]
+    # The published rule's own change is committed; the failed one's is rolled back.
+    assert query_sqlite(sqlite_source, QUERY) == [
+        ("A", 10.5, "a"),
+        ("B", 20.0, "b"),
+        ("C", 30.25, None),
+        ("Z", 99.0, "added by the rule"),
+    ]
+    assert "last SQL statement returns no rows" in text
