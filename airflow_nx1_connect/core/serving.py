@@ -594,10 +594,11 @@ def _finish(
 ) -> Response:
     """A 200 with validators and caching headers, or a 304 when the client's copy is current."""
     headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", VARY)]
+    if _not_modified(request, etag, last_modified):
+        # RFC 9110 15.4.5: the validators and caching headers a 200 would carry, no body.
+        return Response(304, headers, b"")
     if last_modified is not None:
         headers.append(("Last-Modified", _http_date(last_modified)))
-    if _not_modified(request, etag, last_modified):
-        return Response(304, headers, b"")
     return Response(200, [("Content-Type", media_type), *headers, *extra], body())
 
 

@@ -398,12 +398,16 @@ def create_app() -> FastAPI:
             }
             schema["security"] = [{"bearer": []}, {"apiKey": []}]
             for operation in (op for item in schema["paths"].values() for op in item.values()):
+                # Parameters are validated by core.serving (400), never by FastAPI (422).
+                operation.get("responses", {}).pop("422", None)
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "limit":
                         parameter["schema"]["maximum"] = settings.max_page_size
                         parameter["description"] = parameter["description"].replace(
                             "`default_page_size`", str(settings.default_page_size)
                         )
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components["schemas"].pop(unused, None)
             app.openapi_schema = schema
             built_for[0] = settings
         return app.openapi_schema
