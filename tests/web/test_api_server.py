@@ -1,0 +1,195 @@
+"""A real `airflow api-server` serves the data REST API at both mounts.
+
+One api-server per module (a fresh AIRFLOW_HOME, `airflow db migrate`, the FAB auth
+manager, one worker), the snapshot store a SQLite file written by the real write path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MOUNTS = ("/pluginsv2/nx1/api/v1", "/nx1/api/v1")
+ROWS = 2_500
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    snapshot_id: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _populate(store_url: str) -> tuple[str, str]:
+    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import snapshots as snaps
+
+    engine = store.create_store_engine(store_url)
+    try:
+        store.migrate(engine)
+        snaps.register_data_api(
+            engine, name="sales", kind="ask", description="Sales", dag_id="d", task_id="t"
+        )
+        snap = snaps.write_snapshot(
+            engine,
+            data_api="sales",
+            columns=[
+                snaps.Column("id", "INTEGER"),
+                snaps.Column("name", "TEXT"),
+                snaps.Column("amount", "NUMERIC"),
+                snaps.Column("day", "DATE"),
+            ],
+            batches=[
+                [
+                    (i, f'Crème {i}, "q"', decimal.Decimal(i) / 8, dt.date(2026, 1, 1))
+                    for i in range(1, ROWS + 1)
+                ]
+            ],
+        )
+        secret = keys.create_key(engine, data_api="sales", days=7).secret
+    finally:
+        engine.dispose()
+    return secret, snap.id
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running `airflow api-server` with the plugin, stopped after the module."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    store_url = f"sqlite:///{home / 'nx1_store.db'}"
+    secret, snapshot_id = _populate(store_url)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+        ),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": store_url,
+    }
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run(
+        [*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
+    )
+    port = _free_port()
+    log = home / "api-server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"api-server exited:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"api-server not up in 180 s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield Server(url, secret, snapshot_id, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def test_both_mounts_answer_alike(server: Server) -> None:
+    headers = {"Authorization": f"Bearer {server.key}"}
+    answers = []
+    for mount in MOUNTS:
+        r = httpx.get(f"{server.url}{mount}/data-apis/sales/latest?limit=3", headers=headers)
+        assert r.status_code == 200, (mount, r.text)
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["link"] == (
+            f'<{server.url}{mount}/data-apis/sales/latest?limit=3&start=3>; rel="next"'
+        )
+        answers.append(r)
+    assert answers[0].content == answers[1].content
+    assert answers[0].headers["etag"] == answers[1].headers["etag"]
+    body = answers[0].json()
+    assert body["snapshot"]["id"] == server.snapshot_id
+    assert body["data"]["data"][0] == [1, 'Crème 1, "q"', "0.125", "2026-01-01"]
+    assert body["data"]["next_start"] == 3
+
+
+def test_both_mounts_stream_csv_and_meta(server: Server) -> None:
+    headers = {"X-API-Key": server.key}
+    bodies = []
+    for mount in MOUNTS:
+        r = httpx.get(f"{server.url}{mount}/data-apis/sales/latest?format=csv", headers=headers)
+        assert r.status_code == 200 and r.headers["content-type"] == "text/csv; charset=utf-8"
+        lines = r.content.decode().splitlines()
+        assert lines[0] == "id,name,amount,day" and len(lines) == ROWS + 1
+        bodies.append(r.content)
+        meta = httpx.get(f"{server.url}{mount}/data-apis/sales", headers=headers)
+        assert meta.status_code == 200 and meta.json()["latest_snapshot"]["row_count"] == ROWS
+        own = httpx.get(
+            f"{server.url}{mount}/data-apis/sales/snapshots/{server.snapshot_id}?limit=1",
+            headers={**headers, "If-None-Match": r.headers["etag"]},
+        )
+        assert own.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert bodies[0] == bodies[1]
+
+
+def test_both_mounts_refuse_without_key(server: Server) -> None:
+    for mount in MOUNTS:
+        r = httpx.get(f"{server.url}{mount}/data-apis/sales/latest")
+        assert r.status_code == 401
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert set(r.json()) == {"type", "title", "status", "detail"}
+        wrong = httpx.get(f"{server.url}{mount}/data-apis/sales", headers={"X-API-Key": "nx1_x"})
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        query = httpx.get(f"{server.url}{mount}/data-apis/sales?api_key={server.key}")
+        assert query.status_code == 400
+        missing = httpx.get(f"{server.url}{mount}/no/such/route", headers={"X-API-Key": "k"})
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+    # The key sent in a query string above is not in the server's log.
+    assert server.key not in server.log.read_text(errors="replace")
+
+
+def test_openapi_is_served_at_the_prefixed_path(server: Server) -> None:
+    r = httpx.get(f"{server.url}/nx1/api/v1/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["servers"] == [{"url": "/nx1"}]
+    assert "/api/v1/data-apis/{name}/latest" in doc["paths"]
+    docs = httpx.get(f"{server.url}/nx1/api/v1/docs")
+    assert docs.status_code == 200 and "/nx1/api/v1/openapi.json" in docs.text
