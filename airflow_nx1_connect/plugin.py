@@ -33,6 +33,12 @@ def _fastapi_apps() -> list[dict[str, Any]]:
     return [{"app": app, "url_prefix": "/nx1", "name": "NX1 Connect data API"}]
 
 
+def _appbuilder_views() -> list[dict[str, Any]]:
+    from airflow_nx1_connect.web.admin import appbuilder_views
+
+    return appbuilder_views()
+
+
 class Nx1ConnectPlugin(AirflowPlugin):
     """NX1 Connect: data REST API (Flask + FastAPI) and the admin view."""
 
@@ -40,3 +46,14 @@ class Nx1ConnectPlugin(AirflowPlugin):
     # The data REST API: /pluginsv2/nx1/api/v1/... (Flask) and /nx1/api/v1/... (FastAPI).
     flask_blueprints = _Lazy(_flask_blueprints)  # type: ignore[assignment]
     fastapi_apps = _Lazy(_fastapi_apps)  # type: ignore[assignment]
+    # The admin view (FAB, served under /pluginsv2/nx1connect/) and its entry in the
+    # Airflow 3 UI's navigation, shown inside the UI at /plugin/nx1-connect.
+    appbuilder_views = _Lazy(_appbuilder_views)  # type: ignore[assignment]
+    external_views = [
+        {
+            "name": "NX1 Connect",
+            "href": "/pluginsv2/nx1connect/",
+            "destination": "nav",
+            "url_route": "nx1-connect",
+        }
+    ]

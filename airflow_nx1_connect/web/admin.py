@@ -1,0 +1,533 @@
+"""The "NX1 Connect" admin view: data APIs, snapshot previews and data API keys.
+
+A Flask-AppBuilder view served by the api-server's `/pluginsv2` Flask app, at
+`/pluginsv2/nx1connect/` (the data APIs list). Every request is checked on the server:
+
+- anonymous users are sent to Airflow's login page;
+- a logged-in user sees the data APIs and keys of the kinds on which they have `can_read`,
+  and manages (creates, extends, revokes, deletes keys; deletes data APIs) those on which
+  they have `can_edit` (see `airflow_nx1_connect.web.roles`); anyone else gets 403;
+- every state change is a POST carrying a CSRF token, checked here even if Flask-WTF's
+  global CSRF protection were turned off.
+
+Login: Airflow's login form (`/auth/login/`) stores the user in the FAB session. With the
+default `[fab] session_backend = database` that session lives in Airflow's database, but the
+`/pluginsv2` app is built without that session interface and so would not see the user.
+When the view registers, it gives the `/pluginsv2` app the same session interface as the
+login app (`database` or `securecookie`, whatever `[fab] session_backend` says), so a user
+logged in through the normal form is logged in here too, with either backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Response, abort, flash, g, make_response, redirect, request, url_for
+from flask_appbuilder import BaseView, expose
+
+from airflow_nx1_connect.core import keys as core_keys
+from airflow_nx1_connect.core import snapshots as core_snapshots
+from airflow_nx1_connect.core import store
+from airflow_nx1_connect.core.errors import (
+    DataApiNotFound,
+    KeyNotFound,
+    SnapshotNotFound,
+    StoreUnavailable,
+    ValidationError,
+)
+from airflow_nx1_connect.core.settings import get_settings
+from airflow_nx1_connect.web import roles
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: Rows shown in a snapshot preview.
+PREVIEW_ROWS = 20
+
+
+# ---------------------------------------------------------------------------------------
+# Formatting helpers (also used by the templates)
+# ---------------------------------------------------------------------------------------
+
+
+def utc_text(value: dt.datetime | None) -> str:
+    """`2026-01-31T12:00:00Z`, or an em dash for None."""
+    return core_snapshots.iso(value) or "\u2014"
+
+
+def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """A human hint: "in 6 days", "3 hours ago", "just now" ("" for None)."""
+    if value is None:
+        return ""
+    now = now or store.utcnow()
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    seconds = (value - now).total_seconds()
+    future = seconds > 0
+    seconds = abs(seconds)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            text = f"{count} {unit}{'s' if count != 1 else ''}"
+            return f"in {text}" if future else f"{text} ago"
+    return "in less than a minute" if future else "just now"
+
+
+def cell(value: Any) -> str:
+    """A snapshot value as preview text."""
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return core_snapshots.iso(value) or ""
+    if isinstance(value, dict | list):
+        import json
+
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# App setup: shared login session, roles
+# ---------------------------------------------------------------------------------------
+
+
+def _setup_app(app: Any, appbuilder: Any) -> None:
+    """Share the login session with Airflow's login app, and make sure the roles exist."""
+    share_login_session(app)
+    try:
+        roles.sync_roles(appbuilder.sm)
+    except Exception:  # a read-only metadata DB must not stop the api-server
+        log.warning(
+            "Could not create the NX1 Connect roles (nx1_ask, nx1_engineer); run "
+            "`nx1-connect db migrate` with write access to Airflow's database.",
+            exc_info=True,
+        )
+
+
+def share_login_session(app: Any) -> None:
+    """Give the `/pluginsv2` Flask app the FAB session interface of Airflow's login app.
+
+    Does nothing when the app already has a non-default session interface or when the
+    auth manager is not the FAB one.
+    """
+    from flask.sessions import SecureCookieSessionInterface
+
+    if type(app.session_interface) is not SecureCookieSessionInterface:
+        return
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager
+
+    if not isinstance(get_auth_manager(), FabAuthManager):
+        return
+    from airflow.providers.fab.www.extensions.init_session import (
+        init_airflow_session_interface,
+        init_session_max_lifetime,
+    )
+
+    init_airflow_session_interface(app, app.extensions["sqlalchemy"])
+    init_session_max_lifetime(app)
+
+
+# ---------------------------------------------------------------------------------------
+# Access control
+# ---------------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    def __init__(self, response: Any) -> None:
+        super().__init__("refused")
+        self.response = response
+
+
+def _current_user() -> Any:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    manager = get_auth_manager()
+    getter = getattr(manager, "get_user", None)
+    if getter is None:  # not the FAB auth manager: this Flask app knows no user
+        return None
+    return getter()
+
+
+def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Require a logged-in user with `action` (`can_read`/`can_edit`) on some data API kind.
+
+    Sets `g.nx1_read` / `g.nx1_edit` (the kinds the user may see / manage). POSTs must carry
+    a valid CSRF token.
+    """
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(self: Nx1ConnectView, *args: Any, **kwargs: Any) -> Any:
+            user = _current_user()
+            if user is None or user.is_anonymous or not getattr(user, "is_active", True):
+                if request.method == "POST":
+                    abort(401)
+                return redirect(self._login_url())
+            g.nx1_read = roles.kinds_allowed(user, roles.ACTION_READ)
+            g.nx1_edit = roles.kinds_allowed(user, roles.ACTION_EDIT) & g.nx1_read
+            allowed = g.nx1_edit if action == roles.ACTION_EDIT else g.nx1_read
+            if not allowed:
+                return self._forbidden(
+                    "You need the nx1_ask or nx1_engineer role (or Admin) to use NX1 Connect. "
+                    "Ask an Airflow administrator to add it to your user."
+                )
+            if request.method == "POST":
+                self._check_csrf()
+            try:
+                return func(self, *args, **kwargs)
+            except _Refused as refused:
+                return refused.response
+            except StoreUnavailable as exc:
+                return self._error(503, "The snapshot store is unavailable", str(exc))
+
+        return wrapper
+
+    return decorator
+
+
+# ---------------------------------------------------------------------------------------
+# The view
+# ---------------------------------------------------------------------------------------
+
+
+class Nx1ConnectView(BaseView):
+    """NX1 Connect pages under `/pluginsv2/nx1connect/`."""
+
+    route_base = "/nx1connect"
+    default_view = "data_apis"
+    template_folder = str(TEMPLATES)
+    # Access is checked by `guarded` against the NX1 resources, not per view method.
+    base_permissions: list[str] = []
+
+    def create_blueprint(self, appbuilder: Any, endpoint: Any = None, static_folder: Any = None):
+        """Register the pages, then share the login session and sync the roles on the app."""
+        blueprint = super().create_blueprint(appbuilder, endpoint, static_folder)
+        blueprint.record_once(lambda state: _setup_app(state.app, appbuilder))
+        return blueprint
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _engine() -> Any:
+        return store.get_engine()
+
+    @staticmethod
+    def _login_url() -> str:
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return get_auth_manager().get_url_login(next_url=request.url)
+
+    def _page(self, template: str, http_status: int = 200, **context: Any) -> Response:
+        now = store.utcnow()
+        response = make_response(
+            self.render_template(
+                f"nx1connect/{template}",
+                now=now,
+                utc=utc_text,
+                rel=lambda v: relative(v, now),
+                cell=cell,
+                nx1_csrf=self._csrf_token(),
+                can_edit=lambda kind: kind in g.get("nx1_edit", set()),
+                **context,
+            ),
+            http_status,
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _forbidden(self, message: str) -> Response:
+        return self._error(403, "Access denied", message)
+
+    def _error(self, status: int, title: str, detail: str) -> Response:
+        return self._page("error.html", status, title=title, detail=detail)
+
+    @staticmethod
+    def _csrf_token() -> str:
+        from flask_wtf.csrf import generate_csrf
+
+        return generate_csrf()
+
+    def _check_csrf(self) -> None:
+        from flask_wtf.csrf import validate_csrf
+        from wtforms import ValidationError as WTFValidationError
+
+        try:
+            validate_csrf(request.form.get("csrf_token"))
+        except WTFValidationError as exc:
+            raise _Refused(
+                self._error(400, "Missing or invalid CSRF token", f"{exc} Reload the page.")
+            ) from None
+
+    def _data_api(self, name: str, action: str = roles.ACTION_READ) -> core_snapshots.DataApi:
+        try:
+            api = core_snapshots.get_data_api(self._engine(), name)
+        except DataApiNotFound as exc:
+            raise _Refused(self._error(404, "Unknown data API", str(exc))) from None
+        allowed = g.nx1_edit if action == roles.ACTION_EDIT else g.nx1_read
+        if api.kind not in allowed:
+            raise _Refused(
+                self._forbidden(
+                    f"Data API {api.name!r} is an {api.kind} data API; managing it needs the "
+                    f"nx1_{api.kind} role (or Admin)."
+                )
+            )
+        return api
+
+    def _key(self, key_id: str) -> core_keys.ApiKey:
+        try:
+            key = core_keys.get_key(self._engine(), key_id)
+        except KeyNotFound as exc:
+            raise _Refused(self._error(404, "Unknown key", str(exc))) from None
+        self._data_api(key.data_api, roles.ACTION_EDIT)
+        return key
+
+    def _status(self, api: core_snapshots.DataApi, latest: Any) -> str:
+        attempts = core_snapshots.list_snapshots(
+            self._engine(), api.name, statuses=("writing", "failed")
+        )
+        newer = [
+            s
+            for s in attempts
+            if latest is None or s.created_at > (latest.published_at or latest.created_at)
+        ]
+        newest = max(newer, key=lambda s: s.created_at, default=None)
+        if newest is not None and newest.status == "writing":
+            return "refreshing"
+        if newest is not None and newest.status == "failed":
+            return "last run failed"
+        return "live" if latest is not None else "no snapshot yet"
+
+    # -- data APIs -----------------------------------------------------------------------
+
+    @expose("/")
+    @guarded(roles.ACTION_READ)
+    def data_apis(self) -> Any:
+        """The data APIs the user may see, with their latest snapshot and active keys."""
+        engine = self._engine()
+        apis = core_snapshots.list_data_apis(engine, kinds=sorted(g.nx1_read))
+        now = store.utcnow()
+        active: dict[str, int] = {}
+        for key in core_keys.list_keys(engine, kinds=sorted(g.nx1_read)):
+            if key.status(now) == "active":
+                active[key.data_api] = active.get(key.data_api, 0) + 1
+        rows = []
+        for api in apis:
+            try:
+                latest = core_snapshots.latest_snapshot(engine, api.name)
+            except SnapshotNotFound:
+                latest = None
+            rows.append(
+                {
+                    "api": api,
+                    "latest": latest,
+                    "status": self._status(api, latest),
+                    "active_keys": active.get(api.name, 0),
+                }
+            )
+        return self._page("data_apis.html", rows=rows, kinds=sorted(g.nx1_read))
+
+    @expose("/data-apis/<name>/")
+    @guarded(roles.ACTION_READ)
+    def data_api(self, name: str) -> Any:
+        """One data API: details, the latest snapshot's first rows, retained snapshots."""
+        api = self._data_api(name)
+        engine = self._engine()
+        try:
+            latest = core_snapshots.latest_snapshot(engine, api.name)
+        except SnapshotNotFound:
+            latest = None
+        columns: list[core_snapshots.Column] = []
+        rows: list[tuple[Any, ...]] = []
+        if latest is not None:
+            columns = core_snapshots.resolve_columns(latest, None)
+            try:
+                rows = core_snapshots.read_rows(
+                    engine, latest, columns, start=0, limit=PREVIEW_ROWS
+                )
+            except SnapshotNotFound:  # dropped by retention meanwhile
+                latest = None
+        snaps = core_snapshots.list_snapshots(engine, api.name)
+        keys = core_keys.list_keys(engine, data_api=api.name)
+        return self._page(
+            "data_api.html",
+            api=api,
+            latest=latest,
+            columns=columns,
+            rows=rows,
+            preview_rows=PREVIEW_ROWS,
+            snapshots=snaps,
+            keys=keys,
+            api_status=self._status(api, latest),
+        )
+
+    @expose("/data-apis/<name>/delete", methods=["GET", "POST"])
+    @guarded(roles.ACTION_EDIT)
+    def delete_data_api(self, name: str) -> Any:
+        """Ask for confirmation (GET), then delete the data API, its keys and snapshots."""
+        api = self._data_api(name, roles.ACTION_EDIT)
+        engine = self._engine()
+        error = None
+        if request.method == "POST":
+            if request.form.get("confirm", "").strip() == api.name:
+                core_snapshots.delete_data_api(engine, api.name)
+                flash(f"Deleted data API {api.name} with its keys and snapshots.", "info")
+                return redirect(url_for("Nx1ConnectView.data_apis"))
+            error = f"Type the data API's name, {api.name}, to confirm."
+        return self._page(
+            "delete_data_api.html",
+            400 if error else 200,
+            api=api,
+            error=error,
+            key_count=len(core_keys.list_keys(engine, data_api=api.name)),
+            snapshot_count=len(core_snapshots.list_snapshots(engine, api.name)),
+        )
+
+    # -- keys ----------------------------------------------------------------------------
+
+    @expose("/keys")
+    @guarded(roles.ACTION_READ)
+    def keys(self) -> Any:
+        """Keys of the data APIs the user may see, newest first."""
+        engine = self._engine()
+        name = request.args.get("data_api") or None
+        if name is not None:
+            self._data_api(name)
+        found = core_keys.list_keys(engine, data_api=name, kinds=sorted(g.nx1_read))
+        kinds = {a.name: a.kind for a in core_snapshots.list_data_apis(engine, sorted(g.nx1_read))}
+        return self._page("keys.html", keys=found, kinds=kinds, data_api=name)
+
+    def _manageable(self) -> list[core_snapshots.DataApi]:
+        return core_snapshots.list_data_apis(self._engine(), kinds=sorted(g.nx1_edit))
+
+    @expose("/keys/new", methods=["GET", "POST"])
+    @guarded(roles.ACTION_EDIT)
+    def create_key(self) -> Any:
+        """The create form (GET); create the key and show it once (POST)."""
+        max_days = get_settings().max_key_days
+        form = {
+            "data_api": request.values.get("data_api", ""),
+            "description": request.form.get("description", ""),
+            "days": request.form.get("days", "30" if max_days >= 30 else str(max_days)),
+        }
+        errors: dict[str, str] = {}
+        if request.method == "POST":
+            created, errors = self._create(form)
+            if created is not None:
+                response = self._page("key_created.html", 201, created=created)
+                response.headers["Pragma"] = "no-cache"
+                return response
+        return self._page(
+            "key_form.html",
+            400 if errors else 200,
+            form=form,
+            errors=errors,
+            choices=self._manageable(),
+            max_days=max_days,
+        )
+
+    def _create(self, form: dict[str, str]) -> tuple[core_keys.CreatedKey | None, dict[str, str]]:
+        errors: dict[str, str] = {}
+        name = form["data_api"].strip()
+        if not name:
+            errors["data_api"] = "Choose the data API this key may read."
+        else:
+            try:
+                self._data_api(name, roles.ACTION_EDIT)
+            except _Refused as refused:
+                if refused.response.status_code != 404:
+                    raise
+                errors["data_api"] = f"No data API is called {name!r}; choose one from the list."
+        try:
+            core_keys.validate_days(form["days"])
+        except ValidationError as exc:
+            errors["days"] = str(exc)
+        if len(form["description"].strip()) > core_keys.MAX_DESCRIPTION_LENGTH:
+            errors["description"] = (
+                f"Keep the description to at most {core_keys.MAX_DESCRIPTION_LENGTH} characters."
+            )
+        if errors:
+            return None, errors
+        try:
+            created = core_keys.create_key(
+                self._engine(),
+                data_api=name,
+                days=core_keys.validate_days(form["days"]),
+                description=form["description"] or None,
+            )
+        except DataApiNotFound:
+            return None, {"data_api": f"Data API {name!r} was just deleted; choose another."}
+        except ValidationError as exc:
+            return None, {exc.field or "days": str(exc)}
+        return created, {}
+
+    @expose("/keys/<key_id>/extend", methods=["GET", "POST"])
+    @guarded(roles.ACTION_EDIT)
+    def extend_key(self, key_id: str) -> Any:
+        """The extend form (GET); move the key's expiry N days later (POST)."""
+        key = self._key(key_id)
+        days = request.form.get("days", "30")
+        error = None
+        if request.method == "POST":
+            try:
+                updated = core_keys.extend_key(
+                    self._engine(), key.id, days=core_keys.validate_days(days)
+                )
+            except ValidationError as exc:
+                error = str(exc)
+            else:
+                flash(
+                    f"Key {updated.prefix}\u2026 now expires {utc_text(updated.expires_at)} "
+                    f"({relative(updated.expires_at)}).",
+                    "info",
+                )
+                return redirect(url_for("Nx1ConnectView.keys"))
+        return self._page(
+            "extend_key.html",
+            400 if error else 200,
+            key=key,
+            days=days,
+            error=error,
+            max_days=get_settings().max_key_days,
+        )
+
+    @expose("/keys/<key_id>/revoke", methods=["POST"])
+    @guarded(roles.ACTION_EDIT)
+    def revoke_key(self, key_id: str) -> Any:
+        """Revoke a key now; every server refuses it at once."""
+        key = self._key(key_id)
+        core_keys.revoke_key(self._engine(), key.id)
+        flash(f"Revoked key {key.prefix}\u2026 of {key.data_api}.", "info")
+        return redirect(url_for("Nx1ConnectView.keys"))
+
+    @expose("/keys/<key_id>/delete", methods=["POST"])
+    @guarded(roles.ACTION_EDIT)
+    def delete_key(self, key_id: str) -> Any:
+        """Delete a key's record; it stops working at once."""
+        key = self._key(key_id)
+        try:
+            core_keys.delete_key(self._engine(), key.id)
+        except KeyNotFound:
+            pass
+        flash(f"Deleted key {key.prefix}\u2026 of {key.data_api}.", "info")
+        return redirect(url_for("Nx1ConnectView.keys"))
+
+
+@functools.cache
+def appbuilder_views() -> list[dict[str, Any]]:
+    """The plugin's `appbuilder_views`: one view, two menu entries in "NX1 Connect"."""
+    view = Nx1ConnectView()
+    return [
+        {"name": "Data APIs", "category": roles.MENU_CATEGORY, "view": view},
+        {
+            "name": "API Keys",
+            "category": roles.MENU_CATEGORY,
+            "view": view,
+            "href": "Nx1ConnectView.keys",
+        },
+    ]
