@@ -87,12 +87,12 @@ stop_all() {
 }
 on_exit() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   stop_all
   exit "$rc"
 }
 trap on_exit EXIT
-trap 'echo; log "interrupted: stopping Airflow"; exit 130' INT TERM
+trap 'echo; log "interrupted: stopping Airflow"; exit 130' INT TERM HUP
 
 # Processes a previous demo run in this checkout left running (its terminal was closed, say).
 for f in "$PIDS"/*.pid; do
@@ -350,7 +350,7 @@ fi
 log "starting the scheduler and the dag-processor (logs in .demo/logs/), so the schedules run"
 start_bg scheduler airflow scheduler
 start_bg dag-processor airflow dag-processor
-trap 'echo; log "Ctrl-C: stopping Airflow"; stop_all; log "stopped"; trap - EXIT; exit 0' INT TERM
+trap 'echo; log "Ctrl-C: stopping Airflow"; stop_all; log "stopped"; trap - EXIT; exit 0' INT TERM HUP
 log "Airflow is running at $BASE_URL/ ; press Ctrl-C to stop it"
 while :; do
   for name in "${BG_NAMES[@]}"; do
