@@ -38,6 +38,8 @@ def _cell(value: Any) -> str:
     """One table cell: floats rounded, pipes and newlines escaped."""
     if value is None:
         text = ""
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = f"{value:,}"
     elif isinstance(value, float):
         text = f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
     else:
@@ -94,7 +96,10 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
         "| " + " | ".join("---" for _ in COLUMNS) + " |",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in COLUMNS) + " |")
+        cells = {key: _cell(row.get(key)) for key, _ in COLUMNS}
+        if isinstance(row.get("met"), bool):  # a module may say whether its target is met
+            cells["target"] = f"{cells['target']} ({'met' if row['met'] else 'NOT met'})".strip()
+        lines.append("| " + " | ".join(cells[key] for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -134,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{platform.machine()}, {time.monotonic() - started:.0f} s\n"
     )
     print(render(rows))
+    unmet = [str(row.get("id")) for row in rows if row.get("met") is False]
+    if unmet:
+        print(f"\nTargets not met: {', '.join(unmet)}.")
     if not all_ok:
         print("\nSome benchmarks did not run: see the ERROR rows above.", file=sys.stderr)
     return 0 if all_ok else 1
