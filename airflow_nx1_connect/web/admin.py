@@ -23,11 +23,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flask import Response, abort, flash, g, make_response, redirect, request, url_for
+from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
 from airflow_nx1_connect.core import keys as core_keys
@@ -113,7 +115,9 @@ def share_login_session(app: Any) -> None:
     """Give the `/pluginsv2` Flask app the FAB session interface of Airflow's login app.
 
     Does nothing when the app already has a non-default session interface or when the
-    auth manager is not the FAB one.
+    auth manager is not the FAB one. The interface is built on the app's first request
+    (see `_LoginSessionOnFirstUse`), so an app that installs its own afterwards, like the
+    one of the `airflow users` commands, keeps it.
     """
     from flask.sessions import SecureCookieSessionInterface
 
@@ -124,13 +128,39 @@ def share_login_session(app: Any) -> None:
 
     if not isinstance(get_auth_manager(), FabAuthManager):
         return
-    from airflow.providers.fab.www.extensions.init_session import (
-        init_airflow_session_interface,
-        init_session_max_lifetime,
-    )
+    from airflow.providers.fab.www.extensions.init_session import init_session_max_lifetime
 
-    init_airflow_session_interface(app, app.extensions["sqlalchemy"])
+    app.session_interface = _LoginSessionOnFirstUse()
     init_session_max_lifetime(app)
+
+
+class _LoginSessionOnFirstUse(SessionInterface):
+    """Installs Airflow's FAB session interface (`[fab] session_backend`) on first use.
+
+    On the first request it replaces itself with the interface the login app uses, then
+    delegates; later requests go straight to that interface.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._real: Any = None
+
+    def _install(self, app: Any) -> Any:
+        with self._lock:
+            if self._real is None:
+                from airflow.providers.fab.www.extensions.init_session import (
+                    init_airflow_session_interface,
+                )
+
+                init_airflow_session_interface(app, app.extensions["sqlalchemy"])
+                self._real = app.session_interface
+        return self._real
+
+    def open_session(self, app: Any, request: Any) -> Any:
+        return self._install(app).open_session(app, request)
+
+    def save_session(self, app: Any, session: Any, response: Any) -> None:
+        return self._install(app).save_session(app, session, response)
 
 
 # ---------------------------------------------------------------------------------------
