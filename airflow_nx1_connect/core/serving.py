@@ -46,7 +46,7 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from airflow_nx1_connect.core.settings import Settings, get_settings
+from airflow_nx1_connect.core.settings import OPTIONS, Settings, get_settings
 from airflow_nx1_connect.core.store import get_engine
 
 log = logging.getLogger(__name__)
@@ -378,13 +378,13 @@ _settings_cache: tuple[Any, Settings] | None = None
 
 def _settings() -> Settings:
     global _settings_cache
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AIRFLOW__NX1")))
+    env = tuple(os.environ.get(f"AIRFLOW__NX1_CONNECT__{option.upper()}") for option in OPTIONS)
     home = os.environ.get("AIRFLOW_HOME", "")
     config = os.environ.get("AIRFLOW_CONFIG") or os.path.join(
         home or os.path.expanduser("~/airflow"), "airflow.cfg"
     )
     try:
-        mtime = os.stat(config).st_mtime_ns
+        mtime: int | None = os.stat(config).st_mtime_ns
     except OSError:
         mtime = None
     key = (env, home, config, mtime)
@@ -706,16 +706,21 @@ def _rows_response(
     names = [c.name for c in columns]
     etag = _etag("rows", snapshot.id, endpoint, params.start, params.limit, names, params.format)
     extra: list[tuple[str, str]] = []
+    # CSV is written from the values as stored (no decoding to Python types first).
+    raw = params.format == "csv"
+    csv_rows = _csv_encoder(columns, engine.dialect.name) if raw else _csv_rows
     if params.limit is None:
         # Whole-snapshot CSV / NDJSON: read the first batch now, so a missing table is a
         # 404 (not a cut stream), then stream the rest batch by batch.
         def body() -> bytes | Iterator[bytes]:
-            batches = snaps.iter_rows(engine, snapshot, columns, start=params.start)
+            reader = snaps.iter_raw_rows if raw else snaps.iter_rows
+            batches = reader(engine, snapshot, columns, start=params.start)
             first = next(batches, None)
-            return _stream(params.format, names, first, batches)
+            return _stream(params.format, names, first, batches, csv_rows)
 
     else:
-        rows = snaps.read_rows(engine, snapshot, columns, start=params.start, limit=params.limit)
+        reader = snaps.read_raw_rows if raw else snaps.read_rows
+        rows = reader(engine, snapshot, columns, start=params.start, limit=params.limit)
         total = snapshot.row_count or 0
         next_start = params.start + len(rows) if params.start + len(rows) < total else None
         if rows and next_start is not None:
@@ -723,7 +728,7 @@ def _rows_response(
 
         def body() -> bytes | Iterator[bytes]:
             if params.format == "csv":
-                return _csv_header(names) + _csv_rows(rows)
+                return _csv_header(names) + csv_rows(rows)
             if params.format == "ndjson":
                 return _ndjson_rows(names, rows)
             return _dumps(
@@ -809,6 +814,58 @@ def _csv_rows(rows: Iterable[Sequence[Any]]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def _csv_timestamp(text: Any) -> Any:
+    """A stored timestamp as the JSON body shows it: aware ones in UTC with a `Z`."""
+    if not isinstance(text, str):
+        return _csv_value(text)
+    if text.endswith("+00:00"):
+        return text[:-6] + "Z"
+    if len(text) > 19 and text[-6] in "+-" and text[-3] == ":":
+        try:
+            return snaps.iso(dt.datetime.fromisoformat(text))
+        except ValueError:
+            return text
+    return text
+
+
+def _csv_raw_converter(family: str, dialect: str) -> Callable[[Any], Any] | None:
+    """How a value as stored (see `snapshots._encoder`) is written to CSV; None: as it is."""
+    if family == "BOOLEAN":
+        return lambda v: "true" if v else "false"
+    if family == "TIMESTAMP":
+        return _csv_timestamp
+    if family == "DATE" and dialect != "sqlite":
+        return lambda v: v if isinstance(v, str) else v.isoformat()
+    # INTEGER, REAL, TEXT; NUMERIC (text or Decimal); JSON (its stored JSON text);
+    # DATE on SQLite (ISO text): the csv module writes them as they are.
+    return None
+
+
+def _csv_encoder(
+    columns: Sequence[snaps.Column], dialect: str
+) -> Callable[[Iterable[Sequence[Any]]], bytes]:
+    """A CSV encoder of raw (undecoded) rows for these columns."""
+    converters = [
+        (i, c) for i, col in enumerate(columns) if (c := _csv_raw_converter(col.type, dialect))
+    ]
+
+    def encode(rows: Iterable[Sequence[Any]]) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        if not converters:
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                values = list(row)
+                for i, convert in converters:
+                    if values[i] is not None:
+                        values[i] = convert(values[i])
+                writer.writerow(values)
+        return buffer.getvalue().encode()
+
+    return encode
+
+
 def _ndjson_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     return b"".join(_dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows)
 
@@ -818,11 +875,12 @@ def _stream(
     names: Sequence[str],
     first: Sequence[Sequence[Any]] | None,
     batches: Iterator[Sequence[Sequence[Any]]],
+    csv_rows: Callable[[Iterable[Sequence[Any]]], bytes],
 ) -> Iterator[bytes]:
     """The whole snapshot as CSV or NDJSON, one encoded batch at a time."""
     if fmt == "csv":
         yield _csv_header(names)
-    encode = _csv_rows if fmt == "csv" else (lambda rows: _ndjson_rows(names, rows))
+    encode = csv_rows if fmt == "csv" else (lambda rows: _ndjson_rows(names, rows))
     if first is None:
         return
     yield encode(first)
