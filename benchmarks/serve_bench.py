@@ -1,0 +1,465 @@
+"""Serving benchmark: R1 (page req/s and p99), R2 (CSV stream MB/s, server RSS), R3 (key check).
+
+    uv run python -m benchmarks.serve_bench [--quick]
+
+One 1M-row snapshot (id INTEGER, name TEXT, category TEXT, amount NUMERIC, score REAL)
+is written into a SQLite store by `core.snapshots.write_snapshot`; the same rows are
+copied into a plain SQLite file (`rows`, `id INTEGER PRIMARY KEY`) for Datasette.
+Both servers run on 127.0.0.1 as one process each: our FastAPI app under uvicorn (as
+Airflow's api-server runs it), and `datasette serve`.
+
+- R1: `GET .../latest?limit=100` with a valid key vs Datasette's
+  `rows.json?_size=100&_nocount=1&_nofacet=1&_nosuggest=1` (its cheapest equivalent page:
+  no count, no facets; its default page runs facet suggestions, ~0.7 s each), 4 concurrent
+  keep-alive clients (a minimal asyncio HTTP/1.1 client, so the client costs little CPU),
+  req/s and p99 latency. Target: >= 1.0x Datasette's req/s.
+- R2: the whole snapshot as CSV, `.../latest?format=csv` vs Datasette's
+  `rows.csv?_stream=on&_size=max` (with `max_csv_mb 0`, so it is not cut), MB/s, and the
+  server's RSS before, peak during and after (sampled from /proc), over two streams in a
+  row: flat means the second stream adds nothing. Target: >= 1.5x MB/s, RSS flat.
+- R3: `core.keys.verify_key` in-process on the same store, mean time per call, and its
+  share of a whole in-process `core.serving.handle` of the R1 request. Target < 0.1 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+NAME = "bench"
+SIZES = {
+    True: {"rows": 1_000_000, "requests": 300, "repeats": 1, "verify": 2_000},
+    False: {"rows": 1_000_000, "requests": 1_500, "repeats": 3, "verify": 10_000},
+}
+CLIENTS = 4
+PAGE = 100
+
+
+def say(message: str) -> None:
+    print(f"[serve_bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def _batches(rows: int) -> Iterator[list[tuple[Any, ...]]]:
+    categories = ("coffee", "tea", "bakery", "deli", "other")
+    batch: list[tuple[Any, ...]] = []
+    for i in range(1, rows + 1):
+        batch.append(
+            (
+                i,
+                f'item {i % 9973}, "n"',
+                categories[i % 5],
+                decimal.Decimal(i % 100_000) / 100,
+                i * 0.25,
+            )
+        )
+        if len(batch) == 10_000:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
+    """(store URL, key, Datasette db path) with one `rows`-row snapshot of data API `bench`."""
+    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import snapshots as snaps
+
+    url = f"sqlite:///{tmp / 'store.db'}"
+    engine = store.get_engine(url)
+    store.migrate(engine)
+    snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="bench")
+    columns = [
+        snaps.Column("id", "INTEGER"),
+        snaps.Column("name", "TEXT"),
+        snaps.Column("category", "TEXT"),
+        snaps.Column("amount", "NUMERIC"),
+        snaps.Column("score", "REAL"),
+    ]
+    snap = snaps.write_snapshot(engine, data_api=NAME, columns=columns, batches=_batches(rows))
+    key = keys.create_key(engine, data_api=NAME, days=1).secret
+    peer = tmp / "peer.db"
+    with closing(sqlite3.connect(peer)) as conn, conn:
+        conn.execute(f"ATTACH DATABASE '{tmp / 'store.db'}' AS s")
+        conn.execute(
+            "CREATE TABLE rows (id INTEGER PRIMARY KEY, name TEXT, category TEXT, "
+            "amount TEXT, score REAL)"
+        )
+        conn.execute(
+            f'INSERT INTO rows SELECT id, name, category, amount, score FROM s."{snap.table_name}" '
+            f'ORDER BY "{snaps.ROW_COLUMN}"'
+        )
+    store.dispose_engines()
+    return url, key, peer
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kb(pid: int) -> int:
+    """A process's resident set size in kB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@contextmanager
+def serve(argv: list[str], port: int, probe: str, env: dict[str, str]) -> Iterator[int]:
+    """Run a server process until the block ends; yields its pid once `probe` answers."""
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"{argv[:3]} exited: {err[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=2).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[:3]} did not start in 60 s")
+            time.sleep(0.2)
+        yield proc.pid
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# ---------------------------------------------------------------------------------------
+# A minimal keep-alive HTTP/1.1 client (the client must not be what is measured)
+# ---------------------------------------------------------------------------------------
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = None
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    size = 0
+    if length is not None:
+        await reader.readexactly(length)
+        size = length
+    elif chunked:
+        while True:
+            n = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(n + 2)
+            size += n
+            if n == 0:
+                break
+    return status, size
+
+
+async def _client(port: int, request: bytes, count: int, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            writer.write(request)
+            status, _ = await _read_response(reader)
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status} for {request.splitlines()[0]!r}")
+    finally:
+        writer.close()
+
+
+def load(port: int, path: str, headers: dict[str, str], count: int) -> tuple[float, float]:
+    """(req/s, p99 ms) of `count` requests per client from CLIENTS concurrent clients."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode()
+
+    async def main(n: int) -> tuple[float, list[float]]:
+        latencies: list[float] = []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_client(port, request, n, latencies) for _ in range(CLIENTS)))
+        return time.perf_counter() - t0, latencies
+
+    asyncio.run(main(max(count // 10, 10)))  # warm up
+    elapsed, latencies = asyncio.run(main(count))
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return len(latencies) / elapsed, p99 * 1000
+
+
+def stream(port: int, path: str, headers: dict[str, str], pid: int) -> tuple[float, int, dict]:
+    """(seconds, bytes, RSS kB before/peak/after) to download `path` whole."""
+    before = rss_kb(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], rss_kb(pid))
+            except (OSError, RuntimeError):
+                return
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    size = 0
+    t0 = time.perf_counter()
+    with httpx.stream(
+        "GET", f"http://127.0.0.1:{port}{path}", headers=headers, timeout=300
+    ) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code} for {path}")
+        for chunk in response.iter_raw(1 << 20):
+            size += len(chunk)
+    elapsed = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    time.sleep(0.3)
+    return elapsed, size, {"before": before, "peak": peak[0], "after": rss_kb(pid)}
+
+
+# ---------------------------------------------------------------------------------------
+# R3: the key check in-process
+# ---------------------------------------------------------------------------------------
+
+
+def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
+    """(mean ms of verify_key, mean ms of a whole serving.handle of the R1 request)."""
+    from airflow_nx1_connect.core import serving, store
+    from airflow_nx1_connect.core.keys import verify_key
+    from airflow_nx1_connect.core.settings import get_settings
+
+    os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = url
+    engine = store.get_engine(url)
+    settings = get_settings()
+    for _ in range(200):
+        verify_key(engine, key, NAME)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        verify_key(engine, key, NAME)
+    verify_ms = (time.perf_counter() - t0) / calls * 1000
+    request = serving.Request(
+        "GET",
+        "http://127.0.0.1",
+        f"/nx1/api/v1/data-apis/{NAME}/latest",
+        [("limit", str(PAGE))],
+        {"X-API-Key": key},
+    )
+    for _ in range(100):
+        serving.handle("latest", request, name=NAME, engine=engine, settings=settings)
+    n = max(calls // 5, 200)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        response = serving.handle("latest", request, name=NAME, engine=engine, settings=settings)
+        assert response.status == 200
+    handle_ms = (time.perf_counter() - t0) / n * 1000
+    store.dispose_engines()
+    return verify_ms, handle_ms
+
+
+# ---------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Run R1, R2, R3; rows with id, figure, ours, peer, ratio, target (and met)."""
+    size = SIZES[bool(quick)]
+    n = size["rows"]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="nx1-serve-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        say(f"writing a {n:,}-row snapshot and its Datasette copy")
+        url, key, peer_db = build(tmp, n)
+        env = {
+            **os.environ,
+            "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url,
+            "AIRFLOW_HOME": str(tmp),
+        }
+        ours_port, peer_port = _free_port(), _free_port()
+        ours_argv = [
+            sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",
+            "--host", "127.0.0.1", "--port", str(ours_port), "--log-level", "warning",
+        ]  # fmt: skip
+        peer_argv = [
+            sys.executable, "-m", "datasette", "serve", str(peer_db), "--host", "127.0.0.1",
+            "--port", str(peer_port), "--setting", "max_csv_mb", "0",
+        ]  # fmt: skip
+        base = f"/api/v1/data-apis/{NAME}"
+        auth = {"X-API-Key": key}
+        ours_page = f"{base}/latest?limit={PAGE}"
+        peer_page = f"/peer/rows.json?_size={PAGE}&_nocount=1&_nofacet=1&_nosuggest=1"
+        ours_csv = f"{base}/latest?format=csv"
+        peer_csv = "/peer/rows.csv?_stream=on&_size=max"
+        results: dict[str, Any] = {}
+        with serve(ours_argv, ours_port, base, env) as ours_pid:
+            results["ours_r1"] = max(
+                (
+                    load(ours_port, ours_page, auth, size["requests"])
+                    for _ in range(size["repeats"])
+                ),
+                key=lambda r: r[0],
+            )
+            ours_streams = [stream(ours_port, ours_csv, auth, ours_pid) for _ in range(2)]
+            results["ours_r2"] = min(ours_streams, key=lambda r: r[0])
+            results["ours_rss"] = [r[2] for r in ours_streams]
+        with serve(peer_argv, peer_port, "/-/versions.json", env) as peer_pid:
+            results["peer_r1"] = max(
+                (load(peer_port, peer_page, {}, size["requests"]) for _ in range(size["repeats"])),
+                key=lambda r: r[0],
+            )
+            peer_streams = [stream(peer_port, peer_csv, {}, peer_pid) for _ in range(2)]
+            results["peer_r2"] = min(peer_streams, key=lambda r: r[0])
+            results["peer_rss"] = [r[2] for r in peer_streams]
+        verify_ms, handle_ms = key_check(url, key, size["verify"])
+
+    (o_rps, o_p99), (p_rps, p_p99) = results["ours_r1"], results["peer_r1"]
+    say(
+        f"R1 ours {o_rps:.0f} req/s p99 {o_p99:.1f} ms; "
+        f"Datasette {p_rps:.0f} req/s p99 {p_p99:.1f} ms"
+    )
+    rows.append(
+        {
+            "id": "R1",
+            "figure": f"latest page of {PAGE} rows, {CLIENTS} clients (req/s) vs Datasette",
+            "ours": round(o_rps),
+            "peer": round(p_rps),
+            "ratio": round(o_rps / p_rps, 2),
+            "target": ">= 1.0x",
+            "met": o_rps >= p_rps,
+        }
+    )
+    rows.append(
+        {
+            "id": "R1",
+            "figure": "same, p99 latency (ms) vs Datasette (ratio: theirs / ours)",
+            "ours": round(o_p99, 1),
+            "peer": round(p_p99, 1),
+            "ratio": round(p_p99 / o_p99, 2),
+            "target": "report",
+            "met": True,
+        }
+    )
+    (o_s, o_b, _), (p_s, p_b, _) = results["ours_r2"], results["peer_r2"]
+    o_mbs, p_mbs = o_b / o_s / 1e6, p_b / p_s / 1e6
+    say(
+        f"R2 ours {o_b / 1e6:.1f} MB in {o_s:.2f}s RSS {results['ours_rss']}; "
+        f"Datasette {p_b / 1e6:.1f} MB in {p_s:.2f}s RSS {results['peer_rss']}"
+    )
+    rows.append(
+        {
+            "id": "R2",
+            "figure": f"whole snapshot as CSV, {n:,} rows (MB/s) vs Datasette _stream=on",
+            "ours": round(o_mbs, 1),
+            "peer": round(p_mbs, 1),
+            "ratio": round(o_mbs / p_mbs, 2),
+            "target": ">= 1.5x",
+            "met": o_mbs / p_mbs >= 1.5,
+        }
+    )
+    first, second = results["ours_rss"]
+    growth_mb = (first["peak"] - first["before"]) / 1024
+    second_mb = (second["peak"] - first["after"]) / 1024
+    p_first, _p_second = results["peer_rss"]
+    rows.append(
+        {
+            "id": "R2",
+            "figure": (
+                f"our server RSS, two CSV streams: {first['before'] / 1024:.0f} MB before, "
+                f"{first['peak'] / 1024:.0f} peak, {first['after'] / 1024:.0f} after the "
+                f"first; {second['peak'] / 1024:.0f} peak, {second['after'] / 1024:.0f} after "
+                f"the second (MB growth in the first; Datasette's as peer)"
+            ),
+            "ours": round(growth_mb, 1),
+            "peer": round((p_first["peak"] - p_first["before"]) / 1024, 1),
+            "ratio": "",
+            "target": "flat (< 50 MB)",
+            "met": growth_mb < 50,
+        }
+    )
+    rows.append(
+        {
+            "id": "R2",
+            "figure": "our server RSS growth during the second CSV stream (MB)",
+            "ours": round(second_mb, 1),
+            "peer": "",
+            "ratio": "",
+            "target": "flat (< 5 MB)",
+            "met": second_mb < 5,
+        }
+    )
+    say(f"R3 verify_key {verify_ms:.3f} ms, whole request in-process {handle_ms:.3f} ms")
+    rows.append(
+        {
+            "id": "R3",
+            "figure": (
+                f"key check per request, verify_key in-process (ms); "
+                f"{verify_ms / handle_ms:.0%} of a {handle_ms:.2f} ms in-process page request"
+            ),
+            "ours": round(verify_ms, 3),
+            "peer": 0.1,
+            "ratio": round(verify_ms / 0.1, 2),
+            "target": "< 0.1 ms",
+            "met": verify_ms < 0.1,
+        }
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the rows as a small table."""
+    args = sys.argv[1:] if argv is None else argv
+    for r in run(quick="--quick" in args):
+        print(
+            f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
+            f"ratio {r['ratio']} (target {r['target']}) {'OK' if r['met'] else 'MISSED'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
