@@ -500,13 +500,19 @@ def _negotiate(accept: str | None) -> str:
     return best
 
 
+def _too_big(digits: str, maximum: int) -> bool:
+    """True when a string of digits is a number above `maximum` (never parses huge ones)."""
+    significant = digits.lstrip("0")
+    return len(significant) > len(str(maximum)) or int(significant or "0") > maximum
+
+
 def parse_rows_params(request: Request, settings: Settings) -> RowsParams:
     """Validate `start`, `limit`, `columns` and `format` (ValidationError on bad input)."""
     query = request.query
     start_text = _single(query, "start")
     start = 0
     if start_text is not None:
-        if not _DIGITS.match(start_text) or int(start_text) > MAX_START:
+        if not _DIGITS.match(start_text) or _too_big(start_text, MAX_START):
             raise ValidationError(
                 f"start must be a whole number of rows from 0 to {MAX_START}, e.g. start=0.",
                 field="start",
@@ -515,7 +521,11 @@ def parse_rows_params(request: Request, settings: Settings) -> RowsParams:
     limit_text = _single(query, "limit")
     limit: int | None = None
     if limit_text is not None:
-        if not _DIGITS.match(limit_text) or not 1 <= int(limit_text[:12]) <= settings.max_page_size:
+        if (
+            not _DIGITS.match(limit_text)
+            or _too_big(limit_text, settings.max_page_size)
+            or int(limit_text) < 1
+        ):
             raise ValidationError(
                 f"limit must be a whole number from 1 to {settings.max_page_size}, "
                 f"e.g. limit={settings.default_page_size}.",
