@@ -716,21 +716,22 @@ def _rows_response(
     names = [c.name for c in columns]
     etag = _etag("rows", snapshot.id, endpoint, params.start, params.limit, names, params.format)
     extra: list[tuple[str, str]] = []
-    # CSV is written from the values as stored (no decoding to Python types first).
-    raw = params.format == "csv"
-    csv_rows = _csv_encoder(columns, engine.dialect.name) if raw else _csv_rows
+    # Rows are read as stored and encoded straight to text (no decoding to Python first).
+    dialect = engine.dialect.name
+    csv_rows = _csv_encoder(columns, dialect)
+    json_values = _json_converter(columns, dialect)
     if params.limit is None:
         # Whole-snapshot CSV / NDJSON: read the first batch now, so a missing table is a
         # 404 (not a cut stream), then stream the rest batch by batch.
         def body() -> bytes | Iterator[bytes]:
-            reader = snaps.iter_raw_rows if raw else snaps.iter_rows
-            batches = reader(engine, snapshot, columns, start=params.start)
+            batches = snaps.iter_raw_rows(engine, snapshot, columns, start=params.start)
             first = next(batches, None)
-            return _stream(params.format, names, first, batches, csv_rows)
+            return _stream(params.format, names, first, batches, csv_rows, json_values)
 
     else:
-        reader = snaps.read_raw_rows if raw else snaps.read_rows
-        rows = reader(engine, snapshot, columns, start=params.start, limit=params.limit)
+        rows = snaps.read_raw_rows(
+            engine, snapshot, columns, start=params.start, limit=params.limit
+        )
         total = snapshot.row_count or 0
         next_start = params.start + len(rows) if params.start + len(rows) < total else None
         if rows and next_start is not None:
@@ -740,7 +741,7 @@ def _rows_response(
             if params.format == "csv":
                 return _csv_header(names) + csv_rows(rows)
             if params.format == "ndjson":
-                return _ndjson_rows(names, rows)
+                return _ndjson_rows(names, json_values(rows))
             return _dumps(
                 {
                     "data_api": name,
@@ -751,7 +752,7 @@ def _rows_response(
                         "columns": names,
                         "column_types": [c.type for c in columns],
                         "next_start": next_start if rows else None,
-                        "data": rows,
+                        "data": json_values(rows),
                     },
                 }
             )
@@ -810,20 +811,6 @@ def _csv_header(names: Sequence[str]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _csv_rows(rows: Iterable[Sequence[Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    simple = (str, int)
-    for row in rows:
-        writer.writerow(
-            [
-                v if type(v) in simple or isinstance(v, decimal.Decimal) else _csv_value(v)
-                for v in row
-            ]
-        )
-    return buffer.getvalue().encode()
-
-
 def _csv_timestamp(text: Any) -> Any:
     """A stored timestamp as the JSON body shows it: aware ones in UTC with a `Z`."""
     if not isinstance(text, str):
@@ -876,6 +863,52 @@ def _csv_encoder(
     return encode
 
 
+def _json_text(value: Any) -> Any:
+    """A JSON column's stored text as the value it holds (the text itself if not JSON)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _json_raw_converter(family: str, dialect: str) -> Callable[[Any], Any] | None:
+    """How a value as stored becomes the JSON body's value; None: as it is."""
+    if family == "BOOLEAN":
+        return bool
+    if family == "NUMERIC":  # Decimal (PostgreSQL) or its text (SQLite): text, exactly
+        return lambda v: v if isinstance(v, str) else str(v)
+    if family == "DATE" and dialect != "sqlite":
+        return lambda v: v if isinstance(v, str) else v.isoformat()
+    if family == "TIMESTAMP":
+        return _csv_timestamp
+    if family == "JSON":
+        return _json_text
+    return None
+
+
+def _json_converter(
+    columns: Sequence[snaps.Column], dialect: str
+) -> Callable[[Iterable[Sequence[Any]]], list[list[Any]]]:
+    """Raw (undecoded) rows -> lists of JSON-ready values for these columns."""
+    converters = [
+        (i, c) for i, col in enumerate(columns) if (c := _json_raw_converter(col.type, dialect))
+    ]
+
+    def convert(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, fn in converters:
+                if values[i] is not None:
+                    values[i] = fn(values[i])
+            out.append(values)
+        return out
+
+    return convert
+
+
 def _ndjson_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     return b"".join(_dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows)
 
@@ -886,11 +919,12 @@ def _stream(
     first: Sequence[Sequence[Any]] | None,
     batches: Iterator[Sequence[Sequence[Any]]],
     csv_rows: Callable[[Iterable[Sequence[Any]]], bytes],
+    json_values: Callable[[Iterable[Sequence[Any]]], list[list[Any]]],
 ) -> Iterator[bytes]:
     """The whole snapshot as CSV or NDJSON, one encoded batch at a time."""
     if fmt == "csv":
         yield _csv_header(names)
-    encode = csv_rows if fmt == "csv" else (lambda rows: _ndjson_rows(names, rows))
+    encode = csv_rows if fmt == "csv" else (lambda rows: _ndjson_rows(names, json_values(rows)))
     if first is None:
         return
     yield encode(first)
