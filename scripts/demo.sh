@@ -138,6 +138,7 @@ for port in (wanted, 0):
 PY
 )
 [ -n "$PORT" ] || die "could not find a free TCP port on 127.0.0.1"
+[ "$PORT" = "${DEMO_PORT:-8080}" ] || log "port ${DEMO_PORT:-8080} is taken: using $PORT instead"
 BASE_URL="http://127.0.0.1:$PORT"
 # An Airflow Connection URI for a SQLite file, as dags_examples/demo_data.py builds it.
 conn_uri() {
