@@ -87,6 +87,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: _problem("The key belongs to another data API (whether or not this name exists)."),
     404: _problem("No such data API route, no snapshot published yet, or unknown snapshot id."),
     405: _problem("Only GET and HEAD are allowed."),
+    414: _problem("The query string is larger than 8 KiB."),
+    431: _problem("The request headers are larger than 32 KiB."),
     503: _problem(
         "The snapshot store cannot be reached (answered within seconds).",
         {"Retry-After": {"schema": {"type": "string"}}},

@@ -725,7 +725,18 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
     params = {p["name"]: p for p in latest["parameters"]}
     assert {"name", "start", "limit", "columns", "format", "If-None-Match"} <= set(params)
     assert params["limit"]["schema"]["maximum"] == 10000
-    assert set(latest["responses"]) == {"200", "304", "400", "401", "403", "404", "405", "503"}
+    assert set(latest["responses"]) == {
+        "200",
+        "304",
+        "400",
+        "401",
+        "403",
+        "404",
+        "405",
+        "414",
+        "431",
+        "503",
+    }
     assert set(latest["responses"]["200"]["content"]) == {
         "application/json",
         "text/csv",
