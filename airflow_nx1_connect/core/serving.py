@@ -15,6 +15,14 @@ Order of checks on every data API route (so an unauthenticated caller learns not
 
 Query parameters this API does not know are ignored, as is usual for REST APIs; a known
 one given twice is a 400. Exceptions map to statuses in `_problem_for` only.
+
+Rows are read as stored (`snapshots.read_raw_rows` / `iter_raw_rows`) and encoded straight
+to JSON, CSV or NDJSON text: NUMERIC as exact text, DATE/TIMESTAMP as ISO 8601 (aware
+times in UTC with `Z`), BOOLEAN as true/false, JSON columns as JSON values, NULL as null
+(an empty CSV field). CSV and NDJSON without `limit` stream the whole snapshot from
+`start`, one 10,000-row keyset batch at a time. ETags hash the snapshot id with the
+request's shape (route, start, limit, columns, format), so a 304 costs no row read; a
+snapshot's own URL is `immutable`, `latest` and the catalogue routes live 30 seconds.
 """
 
 from __future__ import annotations
