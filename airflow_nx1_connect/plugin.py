@@ -47,7 +47,8 @@ class Nx1ConnectPlugin(AirflowPlugin):
     flask_blueprints = _Lazy(_flask_blueprints)  # type: ignore[assignment]
     fastapi_apps = _Lazy(_fastapi_apps)  # type: ignore[assignment]
     # The admin view (FAB, served under /pluginsv2/nx1connect/) and its entry in the
-    # Airflow 3 UI's navigation, shown inside the UI at /plugin/nx1-connect.
+    # Airflow 3 UI's navigation (a top-level sidebar item), shown inside the UI at
+    # /plugin/nx1-connect.
     appbuilder_views = _Lazy(_appbuilder_views)  # type: ignore[assignment]
     external_views = [
         {
@@ -55,5 +56,6 @@ class Nx1ConnectPlugin(AirflowPlugin):
             "href": "/pluginsv2/nx1connect/",
             "destination": "nav",
             "url_route": "nx1-connect",
+            "nav_top_level": True,
         }
     ]

@@ -58,8 +58,8 @@ PREVIEW_ROWS = 20
 
 
 def utc_text(value: dt.datetime | None) -> str:
-    """`2026-01-31T12:00:00Z`, or an em dash for None."""
-    return core_snapshots.iso(value) or "\u2014"
+    """`2026-01-31T12:00:00Z` (whole seconds), or an em dash for None."""
+    return core_snapshots.iso(value.replace(microsecond=0) if value else None) or "\u2014"
 
 
 def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
@@ -74,7 +74,7 @@ def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     seconds = abs(seconds)
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
-            count = int(seconds // size)
+            count = round(seconds / size)
             text = f"{count} {unit}{'s' if count != 1 else ''}"
             return f"in {text}" if future else f"{text} ago"
     return "in less than a minute" if future else "just now"

@@ -272,6 +272,7 @@ def test_create_key_shows_it_once(clients: dict[str, Any], store: dict[str, Any]
     secret = re.search(r'id="nx1-key" value="(nx1_[A-Za-z0-9_-]+)"', response.text).group(1)
     assert "you will not see it again" in response.text
     assert 'id="nx1-copy"' in response.text
+    assert "execCommand('copy')" in response.text  # the copy button's script
     assert "expires in 6 days" in response.text or "expires in 5 days" in response.text
     key = core_keys.verify_key(store["engine"], secret, "weekly_top_product")
     assert key.description == "BI dashboard"

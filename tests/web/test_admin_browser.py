@@ -1,0 +1,214 @@
+"""End to end in headless Chromium: log in to a real api-server, make a key, use it, revoke it.
+
+One `airflow api-server` per module (fresh AIRFLOW_HOME, `airflow db migrate`, FAB auth
+manager with its default database session backend, an Admin made with `airflow users
+create`). Debian's chromium is driven by Playwright (never `playwright install`). The
+screenshots go to docs/img/ for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+ADMIN, PASSWORD = "admin", "admin-pass-1"
+USER_NAMES = ("-f", "Ada", "-l", "Admin", "-e", "admin@example.com")
+API = "weekly_top_product"
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _populate(store_url: str) -> None:
+    from airflow_nx1_connect.core import snapshots as snaps
+    from airflow_nx1_connect.core import store
+
+    engine = store.create_store_engine(store_url)
+    try:
+        store.migrate(engine)
+        snaps.register_data_api(
+            engine,
+            name=API,
+            kind="ask",
+            description="Best-selling product of the week",
+            question="Which product sold most this week?",
+            dag_id="retail_insights",
+            task_id="top_product",
+        )
+        snaps.register_data_api(
+            engine,
+            name="compliance_metrics",
+            kind="engineer",
+            description="Daily compliance metrics per account",
+            dag_id="bank_compliance",
+            task_id="metrics",
+        )
+        cols = [snaps.Column("product", "TEXT"), snaps.Column("units", "INTEGER")]
+        rows = [("Espresso", 120), ("Bagel", 98), ("Croissant", 75), ("Flat white", 64)]
+        snaps.write_snapshot(
+            engine, data_api=API, columns=cols, batches=[rows], run_id="scheduled__2026-11-16"
+        )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running `airflow api-server` with the plugin and an Admin user."""
+    home = tmp_path_factory.mktemp("airflow-home-browser")
+    store_url = f"sqlite:///{home / 'nx1_store.db'}"
+    _populate(store_url)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+        ),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": store_url,
+    }
+    env.pop("AIRFLOW__FAB__SESSION_BACKEND", None)  # the default: database
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run(
+        [*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
+    )
+    subprocess.run(
+        [*airflow, "users", "create", "-u", ADMIN, "-p", PASSWORD, "-r", "Admin", *USER_NAMES],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    port = _free_port()
+    log = home / "api-server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"api-server exited:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"api-server not up in 180 s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield Server(url, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    latest = f"{server.url}/nx1/api/v1/data-apis/{API}/latest"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 900})
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+            context.set_default_timeout(30_000)
+            page = context.new_page()
+
+            # Log in through Airflow's own login form.
+            page.goto(f"{server.url}/auth/login/")
+            page.fill("input[name=username]", ADMIN)
+            page.fill("input[name=password]", PASSWORD)
+            page.locator("input[type=submit], button[type=submit]").first.click()
+            page.wait_for_url(lambda u: "/auth/login" not in u)
+
+            # Find NX1 Connect in the Airflow UI's navigation; it opens inside the UI.
+            page.get_by_text("NX1 Connect", exact=True).first.click()
+            page.wait_for_url("**/plugin/nx1-connect")
+            frame = page.frame_locator("iframe").first
+            expect(frame.locator("#nx1-data-apis")).to_be_visible()
+            row = frame.locator(f'tr[data-name="{API}"]')
+            expect(row.locator(".nx1-status")).to_have_text("live")
+            expect(row.locator(".nx1-rows")).to_have_text("4")
+            page.screenshot(path=str(IMG / "nx1-data-apis.png"))
+
+            # Create a key: pick the data API, describe it, 30 days.
+            row.get_by_role("link", name="Create key").click()
+            expect(frame.locator("#nx1-create-key")).to_be_visible()
+            expect(frame.locator("#data_api")).to_have_value(API)
+            frame.locator("#description").fill("Retail dashboard")
+            frame.locator("#days").fill("30")
+            frame.locator("#nx1-create").click()
+            expect(frame.get_by_text("you will not see it again")).to_be_visible()
+            shown = frame.locator("#nx1-key").input_value()
+            assert shown.startswith("nx1_")
+            frame.locator("#nx1-copy").click()
+            expect(frame.locator("#nx1-copied")).to_be_visible()
+            copied = page.evaluate("navigator.clipboard.readText()")
+            assert copied == shown
+            page.screenshot(path=str(IMG / "nx1-key-created.png"))
+
+            # The copied key reads the data API.
+            ok = httpx.get(latest, headers={"Authorization": f"Bearer {copied}"}, timeout=30)
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["data"]["data"][0] == ["Espresso", 120]
+
+            # The keys list shows it (prefix only); revoke it there.
+            frame.locator("#nx1-done").click()
+            key_row = frame.locator("#nx1-keys tbody tr").filter(has_text="Retail dashboard")
+            expect(key_row.locator(".nx1-status")).to_contain_text("active")
+            assert copied not in frame.locator("body").inner_text()
+            page.screenshot(path=str(IMG / "nx1-keys.png"))
+            key_row.locator("summary", has_text="Revoke").click()
+            key_row.get_by_role("button", name="Confirm revoke").click()
+            expect(key_row.locator(".nx1-status")).to_contain_text("revoked")
+
+            refused = httpx.get(latest, headers={"Authorization": f"Bearer {copied}"}, timeout=30)
+            assert refused.status_code == 401
+        finally:
+            browser.close()
