@@ -431,3 +431,24 @@ def test_delete_data_api_needs_confirmation(clients: dict[str, Any], store: dict
     assert left == 0
     assert snaps.list_snapshots(engine, "weekly_top_product") == []
     assert "Deleted data API weekly_top_product" in asker.get(f"{BASE}/").text
+
+
+def test_ensure_roles_restores_missing_permissions(api_app: Any) -> None:
+    """`roles.ensure_roles()` (for `nx1-connect db migrate`) adds back what is missing."""
+    from airflow_nx1_connect.web import roles
+
+    flask_app = _flask_app(api_app)
+    resource = roles.RESOURCES["engineer"]
+    with flask_app.app_context():
+        sm = flask_app.appbuilder.sm
+        role = sm.find_role("nx1_engineer")
+        sm.remove_permission_from_role(role, sm.get_permission("can_edit", resource))
+        assert ("can_edit", resource) not in {
+            (p.action.name, p.resource.name) for p in sm.find_role("nx1_engineer").permissions
+        }
+    roles.ensure_roles()
+    with flask_app.app_context():
+        sm = flask_app.appbuilder.sm
+        sm.session.expire_all()
+        perms = {(p.action.name, p.resource.name) for p in sm.find_role("nx1_engineer").permissions}
+    assert ("can_edit", resource) in perms
