@@ -210,6 +210,9 @@ def test_viewer_gets_403(clients: dict[str, Any], store: dict[str, Any]) -> None
 def test_admin_sees_both_kinds(clients: dict[str, Any], store: dict[str, Any]) -> None:
     page = clients["admin"].get(f"{BASE}/")
     assert page.status_code == 200
+    # The default [fab] session_backend: the login session is read from Airflow's database.
+    interface = type(_flask_app(clients["admin"].app).session_interface).__name__
+    assert interface == "AirflowDatabaseSessionInterface"
     html = page.text
     assert "weekly_top_product" in html and "compliance_metrics" in html
     row = re.search(r'<tr data-name="weekly_top_product">(.*?)</tr>', html, re.S).group(1)
@@ -452,3 +455,26 @@ def test_ensure_roles_restores_missing_permissions(api_app: Any) -> None:
         sm.session.expire_all()
         perms = {(p.action.name, p.resource.name) for p in sm.find_role("nx1_engineer").permissions}
     assert ("can_edit", resource) in perms
+
+
+def test_securecookie_session_backend_works_too(
+    api_app: Any, store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `[fab] session_backend = securecookie` a normal login reaches the view as well."""
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+
+    monkeypatch.setenv("AIRFLOW__FAB__SESSION_BACKEND", "securecookie")
+    purge_cached_app()
+    try:
+        app = create_app(apps="core")
+        asker = login(app, "asker")
+        page = asker.get(f"{BASE}/")
+        assert page.status_code == 200 and "weekly_top_product" in page.text
+        interface = type(_flask_app(app).session_interface).__name__
+        assert interface == "AirflowSecureCookieSessionInterface"
+        key_id = store["ask_key"].key.id
+        assert _post(asker, f"{BASE}/keys/{key_id}/revoke", page=f"{BASE}/keys").status_code == 302
+        assert core_keys.get_key(store["engine"], key_id).status() == "revoked"
+        assert _client(app).get(f"{BASE}/").status_code == 302
+    finally:
+        purge_cached_app()
