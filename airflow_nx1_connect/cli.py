@@ -154,16 +154,39 @@ def db() -> None:
 def after_migrate(engine: Any) -> None:
     """Extra setup run by `db migrate` once the store is at the newest schema.
 
-    The one place to add more idempotent setup steps (e.g. the admin view's roles). Only
-    this command may import Airflow here; every other command stays Airflow-free.
+    The one place to add more idempotent setup steps. Only this command may import Airflow
+    here; every other command stays Airflow-free. It creates the admin view's FAB roles
+    `nx1_ask` and `nx1_engineer` when Airflow uses the FAB auth manager (the api-server
+    also creates them when it starts); a failure there is reported, not fatal, because the
+    store itself is migrated by then.
     """
+    try:
+        from airflow.configuration import conf
+
+        if "FabAuthManager" not in conf.get("core", "auth_manager", fallback=""):
+            return  # roles are a FAB concept
+        from airflow_nx1_connect.web.roles import ensure_roles
+
+        ensure_roles()
+    except Exception as exc:  # Airflow not set up yet: the api-server will create them
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _note(
+            f"Note: the nx1_ask / nx1_engineer roles were not created now ({first[:200]}); "
+            "run `airflow db migrate` first, or let the api-server create them when it starts."
+        )
 
 
 @db.command("migrate")
 def db_migrate() -> None:
-    """Create or upgrade the snapshot store to the newest schema; safe to run again."""
+    """Create or upgrade the snapshot store to the newest schema; safe to run again.
+
+    With Airflow's FAB auth manager it also creates the roles nx1_ask and nx1_engineer.
+    """
+    import logging
+
     from airflow_nx1_connect.core import store
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one summary line instead
     engine = store.get_engine()
     store.migrate(engine)
     after_migrate(engine)
