@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Response, abort, flash, g, make_response, redirect, request, url_for
 from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
@@ -215,6 +216,9 @@ def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 return refused.response
             except StoreUnavailable as exc:
                 return self._error(503, "The snapshot store is unavailable", str(exc))
+            except sa.exc.OperationalError as exc:
+                detail = store.describe_store_error(self._engine(), exc)
+                return self._error(503, "The snapshot store is unavailable", detail)
 
         return wrapper
 

@@ -478,3 +478,19 @@ def test_securecookie_session_backend_works_too(
         assert _client(app).get(f"{BASE}/").status_code == 302
     finally:
         purge_cached_app()
+
+
+def test_unreachable_store_gives_503(
+    clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_nx1_connect.core import store as core_store
+
+    url = "postgresql+psycopg://postgres:hidden-pw@127.0.0.1:1/nowhere"
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", url)
+    try:
+        for path in (f"{BASE}/", f"{BASE}/keys"):
+            response = clients["admin"].get(path)
+            assert response.status_code == 503
+            assert "cannot be reached" in response.text and "hidden-pw" not in response.text
+    finally:
+        core_store.dispose_engines()
