@@ -461,9 +461,10 @@ def test_securecookie_session_backend_works_too(
     api_app: Any, store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With `[fab] session_backend = securecookie` a normal login reaches the view as well."""
-    from airflow.api_fastapi.app import create_app, purge_cached_app
+    from airflow.api_fastapi.app import _AuthManagerState, create_app, purge_cached_app
 
     monkeypatch.setenv("AIRFLOW__FAB__SESSION_BACKEND", "securecookie")
+    module_auth_manager = _AuthManagerState.instance
     purge_cached_app()
     try:
         app = create_app(apps="core")
@@ -477,7 +478,9 @@ def test_securecookie_session_backend_works_too(
         assert core_keys.get_key(store["engine"], key_id).status() == "revoked"
         assert _client(app).get(f"{BASE}/").status_code == 302
     finally:
+        # Give the module's app its auth manager back for the tests that follow.
         purge_cached_app()
+        _AuthManagerState.instance = module_auth_manager
 
 
 def test_unreachable_store_gives_503(
