@@ -193,3 +193,16 @@ def test_openapi_is_served_at_the_prefixed_path(server: Server) -> None:
     assert "/api/v1/data-apis/{name}/latest" in doc["paths"]
     docs = httpx.get(f"{server.url}/nx1/api/v1/docs")
     assert docs.status_code == 200 and "/nx1/api/v1/openapi.json" in docs.text
+
+
+def test_data_api_sets_no_cookie_after_the_admin_view_has_run(server: Server) -> None:
+    """The admin view shares the login session with /pluginsv2 once it has served a page;
+    the data API's cacheable answers must still carry no Set-Cookie on either mount."""
+    admin = httpx.get(f"{server.url}/pluginsv2/nx1connect/", follow_redirects=False)
+    assert admin.status_code in (302, 303), admin.status_code  # anonymous: sent to log in
+    headers = {"Authorization": f"Bearer {server.key}"}
+    for mount in MOUNTS:
+        for path in ("/data-apis/sales/latest?limit=2", "/data-apis/sales"):
+            r = httpx.get(f"{server.url}{mount}{path}", headers=headers)
+            assert r.status_code == 200, (mount, path, r.text)
+            assert "set-cookie" not in r.headers, (mount, path, r.headers.get("set-cookie"))
