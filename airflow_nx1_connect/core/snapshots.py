@@ -404,13 +404,7 @@ def read_rows(
 
     A keyset read on the hidden row number: as fast at row 900,000 as at row 0.
     """
-    query, table = _rows_query(snapshot, columns)
-    query = query.where(table.c[ROW_COLUMN] > start).limit(limit)
-    with _connect(bind) as conn:
-        try:
-            rows = conn.execute(query).all()
-        except sa.exc.DBAPIError as exc:
-            raise _missing_table(snapshot) from exc
+    rows = read_raw_rows(bind, snapshot, columns, start=start, limit=limit)
     return _decode_rows(rows, [c.type for c in columns])
 
 
@@ -426,10 +420,22 @@ def iter_rows(
 
     Each batch is its own short keyset query, so a slow client holds no transaction open.
     """
+    return _batches(read_rows, engine, snapshot, columns, start, batch_size)
+
+
+def _batches(
+    read: Callable[..., list[tuple[Any, ...]]],
+    engine: Engine,
+    snapshot: Snapshot,
+    columns: Sequence[Column],
+    start: int,
+    batch_size: int,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches from `read` (read_rows or read_raw_rows), one short keyset query each."""
     position = start
-    stop = snapshot.row_count if snapshot.row_count is not None else None
+    stop = snapshot.row_count
     while stop is None or position < stop:
-        batch = read_rows(engine, snapshot, columns, start=position, limit=batch_size)
+        batch = read(engine, snapshot, columns, start=position, limit=batch_size)
         if not batch:
             return
         yield batch
@@ -467,14 +473,7 @@ def iter_raw_rows(
     batch_size: int = BATCH_SIZE,
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Like `iter_rows` (batched keyset reads, constant memory), values not decoded."""
-    position = start
-    stop = snapshot.row_count
-    while stop is None or position < stop:
-        batch = read_raw_rows(engine, snapshot, columns, start=position, limit=batch_size)
-        if not batch:
-            return
-        yield batch
-        position += len(batch)
+    return _batches(read_raw_rows, engine, snapshot, columns, start, batch_size)
 
 
 def _missing_table(snapshot: Snapshot) -> SnapshotNotFound:
