@@ -8,7 +8,6 @@ Flask app with the blueprint through its WSGI interface. Both read the store fro
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.api_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {
     "fastapi": ["tests.reliability.fastapi_app:app"],
     "flask": ["tests.reliability.flask_app:app", "--interface", "wsgi"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

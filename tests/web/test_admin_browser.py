@@ -9,18 +9,17 @@ README's screenshots are refreshed with `NX1_UPDATE_SCREENSHOTS=1 make test`.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.api_server import running_api_server
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +49,6 @@ API = "weekly_top_product"
 class Server:
     url: str
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _populate(store_url: str) -> None:
@@ -119,39 +112,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         capture_output=True,
         timeout=300,
     )
-    port = _free_port()
-    log = home / "api-server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"api-server exited:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"api-server not up in 180 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with running_api_server(env, home) as (url, log):
         yield Server(url, log)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:

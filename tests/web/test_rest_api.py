@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import hypothesis
 import pytest
 
+from tests.api_server import free_port
 from tests.web.conftest import (
     BASE,
     BIG_ROWS,
@@ -663,12 +664,6 @@ def blackhole_port() -> Any:
     server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_store_unreachable_is_503_quickly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, blackhole_port: int
 ) -> None:
@@ -679,7 +674,7 @@ def test_store_unreachable_is_503_quickly(
     urls = {
         "sqlite file that cannot be opened": f"sqlite:///{tmp_path / 'a_directory.db'}",
         "postgresql refusing connections": (
-            f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/test"
+            f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
         ),
         "postgresql never answering": f"postgresql+psycopg://postgres@127.0.0.1:{blackhole_port}/test",
     }
