@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from airflow_nx1_connect.core.settings import OPTIONS, Settings, get_settings
+from airflow_nx1_connect.core.settings import Settings, current_settings
 from airflow_nx1_connect.core.store import get_engine
 
 log = logging.getLogger(__name__)
@@ -277,7 +276,7 @@ def handle(
     try:
         _refuse_oversized(request)
         _refuse_key_in_query(request.query)
-        settings = settings or _settings()
+        settings = settings or current_settings()
         engine = engine or get_engine(settings.sql_alchemy_conn)
         _authenticate(engine, request, name)
         if endpoint == "data_api":
@@ -375,33 +374,6 @@ def _problem_for(exc: BaseException) -> Response:
 def _one_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-# ---------------------------------------------------------------------------------------
-# Settings (read when used; re-read whenever the environment or airflow.cfg changes)
-# ---------------------------------------------------------------------------------------
-
-_settings_cache: tuple[Any, Settings] | None = None
-
-
-def _settings() -> Settings:
-    global _settings_cache
-    env = tuple(os.environ.get(f"AIRFLOW__NX1_CONNECT__{option.upper()}") for option in OPTIONS)
-    home = os.environ.get("AIRFLOW_HOME", "")
-    config = os.environ.get("AIRFLOW_CONFIG") or os.path.join(
-        home or os.path.expanduser("~/airflow"), "airflow.cfg"
-    )
-    try:
-        mtime: int | None = os.stat(config).st_mtime_ns
-    except OSError:
-        mtime = None
-    key = (env, home, config, mtime)
-    cached = _settings_cache
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    settings = get_settings()
-    _settings_cache = (key, settings)
-    return settings
 
 
 # ---------------------------------------------------------------------------------------

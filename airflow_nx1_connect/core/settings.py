@@ -102,3 +102,28 @@ def get_settings() -> Settings:
             f"max_page_size ({settings.max_page_size})."
         )
     return settings
+
+
+_cached: tuple[tuple[object, ...], Settings] | None = None
+
+
+def current_settings() -> Settings:
+    """`get_settings()`, re-read only when its inputs change (for per-request callers).
+
+    The inputs are the `AIRFLOW__NX1_CONNECT__*` variables, the config file's path and its
+    modification time, so a changed environment or airflow.cfg is seen on the next call.
+    """
+    global _cached
+    path = _config_file()
+    try:
+        mtime: int | None = path.stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    env = tuple(os.environ.get(f"AIRFLOW__{SECTION.upper()}__{o.upper()}") for o in OPTIONS)
+    key = (env, str(path), mtime)
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    settings = get_settings()
+    _cached = (key, settings)
+    return settings

@@ -67,3 +67,23 @@ def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):
     monkeypatch.setenv(f"AIRFLOW__NX1_CONNECT__{key}", value)
     with pytest.raises(ConfigError, match=message):
         get_settings()
+
+
+def test_current_settings_follows_environment_and_airflow_cfg(home, monkeypatch):
+    import os
+    import time
+
+    from airflow_nx1_connect.core.settings import current_settings
+
+    assert current_settings().max_page_size == 10000
+    assert current_settings() is current_settings()  # unchanged inputs: not re-read
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_PAGE_SIZE", "20000")
+    assert current_settings().max_page_size == 20000
+    monkeypatch.delenv("AIRFLOW__NX1_CONNECT__MAX_PAGE_SIZE")
+    cfg = home / "airflow.cfg"
+    cfg.write_text("[nx1_connect]\nmax_page_size = 3000\n")
+    assert current_settings().max_page_size == 3000
+    cfg.write_text("[nx1_connect]\nmax_page_size = 4000\n")
+    later = time.time() + 5
+    os.utime(cfg, (later, later))  # a new mtime even on coarse clocks
+    assert current_settings().max_page_size == 4000
