@@ -22,8 +22,9 @@ from fastapi.responses import Response as FastAPIResponse
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_nx1_connect.core import serving
+from airflow_nx1_connect.core import serving, snapshots
 from airflow_nx1_connect.core.settings import get_settings
+from airflow_nx1_connect.core.store import KINDS
 
 API_PREFIX = "/api/v1"
 OPENAPI_URL = f"{API_PREFIX}/openapi.json"
@@ -229,16 +230,7 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "type": {
                 "type": "string",
-                "enum": [
-                    "TEXT",
-                    "INTEGER",
-                    "REAL",
-                    "NUMERIC",
-                    "BOOLEAN",
-                    "DATE",
-                    "TIMESTAMP",
-                    "JSON",
-                ],
+                "enum": list(snapshots.FAMILIES),
             },
         },
     },
@@ -255,7 +247,7 @@ _SCHEMAS: dict[str, Any] = {
         ],
         "properties": {
             "name": {"type": "string"},
-            "kind": {"type": "string", "enum": ["ask", "engineer"]},
+            "kind": {"type": "string", "enum": list(KINDS)},
             "description": _NULLABLE_STRING,
             "question": _NULLABLE_STRING,
             "created_at": {"type": "string", "format": "date-time"},
