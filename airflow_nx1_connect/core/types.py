@@ -1,0 +1,335 @@
+"""Column types: the one table that says how each type is stored, read back and sent.
+
+A snapshot column has one of eight type *families* (`FAMILIES`). For each, `TYPES` holds:
+
+- `sql`: the column's SQL type in each store dialect (`sqlite`, `postgresql`);
+- `store`: how a Python value from a source cursor is turned into what is stored, per
+  dialect (None: the driver takes the value as it is);
+- `decode`: how a stored value is read back as the Python value it was (None: as is);
+- `json`: how a stored value becomes the JSON value the data API sends (None: as is);
+- `csv`: how a stored value becomes CSV text (None: the csv module writes it as is).
+
+Stored forms: SQLite keeps NUMERIC, DATE, TIMESTAMP and JSON as text and BOOLEAN as 0/1;
+PostgreSQL keeps NUMERIC as `numeric`, DATE as `date`, BOOLEAN as `boolean`, TIMESTAMP and
+JSON as text (so a timestamp keeps the offset the source gave it). The `json` and `csv`
+converters accept a stored value of either dialect, so readers never branch on the store.
+
+Every converter is only called for non-NULL values; NULL is JSON null and an empty CSV
+field. NUMERIC is exact text in JSON (a JSON number would lose digits), BOOLEAN is
+true/false in both, DATE/TIMESTAMP are ISO 8601 (aware times in UTC with `Z`). REAL NaN
+and infinity have no JSON number: they are null in JSON and `nan`/`inf` in CSV.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_nx1_connect.core.clock import iso
+
+Convert = Callable[[Any], Any]
+
+FAMILIES = ("TEXT", "INTEGER", "REAL", "NUMERIC", "BOOLEAN", "DATE", "TIMESTAMP", "JSON")
+DIALECTS = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A snapshot column: its name and type family (one of FAMILIES)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    """How one type family is stored, read back, and written as JSON and CSV."""
+
+    family: str
+    sql: Mapping[str, str]
+    store: Mapping[str, Convert | None]
+    decode: Convert | None
+    json: Convert | None
+    csv: Convert | None
+
+
+# ---------------------------------------------------------------------------------------
+# Converters
+# ---------------------------------------------------------------------------------------
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps` `default=` for every value that JSON has no type for."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return iso(value) if value.tzinfo is not None else value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def _iso_text(value: Any) -> str:
+    """A date, time or datetime as ISO text (anything else as its text)."""
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return value if isinstance(value, str) else str(value)
+
+
+def _timestamp_text(value: Any) -> Any:
+    """A stored timestamp as sent: aware ones in UTC with a `Z`, naive ones as stored."""
+    if not isinstance(value, str):
+        return json_default(value)
+    if value.endswith("+00:00"):
+        return value[:-6] + "Z"
+    if len(value) > 19 and value[-6] in "+-" and value[-3] == ":":
+        try:
+            return iso(dt.datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return value
+
+
+def _json_dump(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=json_default)
+
+
+def _json_load(value: Any) -> Any:
+    """A JSON column's stored text as the value it holds (the text itself if not JSON)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _decimal(value: Any) -> decimal.Decimal:
+    return value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
+
+
+def _date(value: Any) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
+
+
+def _datetime(value: Any) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+
+
+def _bool_text(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _both(convert: Convert | None) -> dict[str, Convert | None]:
+    return dict.fromkeys(DIALECTS, convert)
+
+
+# ---------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------
+
+TYPES: dict[str, ColumnType] = {
+    t.family: t
+    for t in (
+        ColumnType(
+            "TEXT", {"sqlite": "TEXT", "postgresql": "text"}, _both(_text), None, None, None
+        ),
+        ColumnType(
+            "INTEGER", {"sqlite": "INTEGER", "postgresql": "bigint"}, _both(None), None, None, None
+        ),
+        ColumnType(
+            "REAL",
+            {"sqlite": "REAL", "postgresql": "double precision"},
+            _both(None),
+            None,
+            None,
+            None,
+        ),
+        ColumnType(
+            "NUMERIC",
+            {"sqlite": "TEXT", "postgresql": "numeric"},
+            {"sqlite": str, "postgresql": None},
+            _decimal,
+            str,
+            None,
+        ),
+        ColumnType(
+            "BOOLEAN",
+            {"sqlite": "INTEGER", "postgresql": "boolean"},
+            _both(None),
+            bool,
+            bool,
+            _bool_text,
+        ),
+        ColumnType(
+            "DATE",
+            {"sqlite": "TEXT", "postgresql": "date"},
+            {"sqlite": _iso_text, "postgresql": None},
+            _date,
+            _iso_text,
+            _iso_text,
+        ),
+        ColumnType(
+            "TIMESTAMP",
+            {"sqlite": "TEXT", "postgresql": "text"},
+            _both(_iso_text),
+            _datetime,
+            _timestamp_text,
+            _timestamp_text,
+        ),
+        ColumnType(
+            "JSON",
+            {"sqlite": "TEXT", "postgresql": "text"},
+            _both(_json_dump),
+            _json_load,
+            _json_load,
+            None,
+        ),
+    )
+}
+assert tuple(TYPES) == FAMILIES
+
+
+def sql_type(family: str, dialect: str) -> str:
+    """The SQL type of a column of `family` in a store of `dialect`."""
+    return TYPES[family].sql[dialect]
+
+
+def converters(
+    columns: Sequence[Column], what: str, dialect: str | None = None
+) -> list[tuple[int, Convert]]:
+    """(position, converter) for the columns whose `what` converter is not None.
+
+    `what` is `store` (needs `dialect`), `decode`, `json` or `csv`.
+    """
+    out = []
+    for i, column in enumerate(columns):
+        entry = TYPES[column.type]
+        fn = entry.store[dialect or ""] if what == "store" else getattr(entry, what)
+        if fn is not None:
+            out.append((i, fn))
+    return out
+
+
+def convert_rows(
+    rows: Sequence[Sequence[Any]], todo: Sequence[tuple[int, Convert]]
+) -> list[list[Any]]:
+    """Rows as lists, with `todo`'s converters applied to non-NULL values."""
+    out = []
+    for row in rows:
+        values = list(row)
+        for i, fn in todo:
+            if values[i] is not None:
+                values[i] = fn(values[i])
+        out.append(values)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Telling a column's family from a source
+# ---------------------------------------------------------------------------------------
+
+# PostgreSQL type OIDs (psycopg2 and psycopg give these as type_code).
+_PG_OIDS = {
+    16: "BOOLEAN",
+    20: "INTEGER",
+    21: "INTEGER",
+    23: "INTEGER",
+    26: "INTEGER",
+    700: "REAL",
+    701: "REAL",
+    1700: "NUMERIC",
+    1082: "DATE",
+    1114: "TIMESTAMP",
+    1184: "TIMESTAMP",
+    114: "JSON",
+    3802: "JSON",
+    25: "TEXT",
+    1043: "TEXT",
+    1042: "TEXT",
+    19: "TEXT",
+    2950: "TEXT",
+}
+_NAME_FAMILIES = [
+    ("bool", "BOOLEAN"),
+    ("bigint", "INTEGER"),
+    ("smallint", "INTEGER"),
+    ("tinyint", "INTEGER"),
+    ("int", "INTEGER"),
+    ("double", "REAL"),
+    ("float", "REAL"),
+    ("real", "REAL"),
+    ("decimal", "NUMERIC"),
+    ("numeric", "NUMERIC"),
+    ("timestamp", "TIMESTAMP"),
+    ("datetime", "TIMESTAMP"),
+    ("date", "DATE"),
+    ("json", "JSON"),
+]
+
+
+def family_from_type_code(type_code: Any, dialect: str | None = None) -> str | None:
+    """A type family from a DB-API `cursor.description` type code, when it can be told."""
+    if type_code is None:
+        return None
+    if isinstance(type_code, int) and not isinstance(type_code, bool):
+        return _PG_OIDS.get(type_code) if dialect in ("postgres", "postgresql") else None
+    name = str(getattr(type_code, "name", type_code)).lower()
+    for needle, family in _NAME_FAMILIES:
+        if needle in name:
+            return family
+    if any(s in name for s in ("char", "text", "string", "uuid")):
+        return "TEXT"
+    return None
+
+
+def family_of_value(value: Any) -> str | None:
+    """The type family of one Python value (None for None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, int):
+        return "INTEGER"
+    if isinstance(value, float):
+        return "REAL"
+    if isinstance(value, decimal.Decimal):
+        return "NUMERIC"
+    if isinstance(value, dt.datetime):
+        return "TIMESTAMP"
+    if isinstance(value, dt.date):
+        return "DATE"
+    if isinstance(value, dict | list):
+        return "JSON"
+    return "TEXT"
+
+
+def widen(a: str | None, b: str | None) -> str | None:
+    """The family that holds values of both `a` and `b` (None: no value seen yet)."""
+    if a is None or a == b:
+        return b
+    if b is None:
+        return a
+    if {a, b} == {"INTEGER", "REAL"}:
+        return "REAL"
+    if {a, b} <= {"INTEGER", "NUMERIC"}:
+        return "NUMERIC"
+    return "TEXT"
