@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import Nx1Error
 
 #: Set to 1 to let unexpected errors show their traceback (for bug reports).
@@ -38,12 +39,10 @@ def _store_problem(exc: BaseException) -> str:
             store.check_reachable(engine)
         except Nx1Error as unreachable:
             return str(unreachable)
-        where = engine.url.render_as_string(hide_password=True)
-        if store.current_revision(engine) != store.head_revision():
-            return (
-                f"The snapshot store {where} is not set up or is out of date. "
-                "Run: nx1-connect db migrate"
-            )
+        try:
+            store.check_migrated(engine)
+        except Nx1Error as behind:
+            return str(behind)
     except Exception:  # noqa: S110 - fall back to the generic line below
         pass
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
@@ -180,15 +179,19 @@ def after_migrate(engine: Any) -> None:
 def db_migrate() -> None:
     """Create or upgrade the snapshot store to the newest schema; safe to run again.
 
-    With Airflow's FAB auth manager it also creates the roles nx1_ask and nx1_engineer.
+    Also removes snapshots left half-written by killed runs. With Airflow's FAB auth
+    manager it also creates the roles nx1_ask and nx1_engineer.
     """
     import logging
 
-    from airflow_nx1_connect.core import store
+    from airflow_nx1_connect.core import store, writer
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one summary line instead
     engine = store.get_engine()
     store.migrate(engine)
+    removed = writer.cleanup_abandoned(engine)
+    if removed:
+        _note(f"Removed {removed} snapshot(s) left half-written by killed runs.")
     after_migrate(engine)
     where = engine.url.render_as_string(hide_password=True)
     _note(f"Snapshot store {where} is at revision {store.current_revision(engine)}.")
@@ -218,8 +221,8 @@ def _api_dict(engine: Any, api: Any) -> dict[str, Any]:
         "dag_id": api.dag_id,
         "task_id": api.task_id,
         "write_mode": api.write_mode,
-        "created_at": snapshots.iso(api.created_at),
-        "updated_at": snapshots.iso(api.updated_at),
+        "created_at": iso(api.created_at),
+        "updated_at": iso(api.updated_at),
         "latest_snapshot": latest,
     }
 
@@ -285,17 +288,40 @@ def keys() -> None:
 @click.option("--data-api", "data_api", required=True, metavar="NAME", help="The data API.")
 @days_option
 @click.option("--description", metavar="TEXT", help="What the key is for (optional).")
-def keys_create(data_api: str, days: str, description: str | None) -> None:
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(["run"]),
+    help="Also let the key trigger the rule's runs (POST .../runs). Every key may read.",
+)
+@click.option(
+    "--rate-limit",
+    metavar="N",
+    help="Requests per minute this key may make (0 = no limit; default: "
+    "[nx1_connect] default_rate_limit).",
+)
+def keys_create(
+    data_api: str,
+    days: str,
+    description: str | None,
+    scopes: tuple[str, ...],
+    rate_limit: str | None,
+) -> None:
     """Create a key for one data API and print it on stdout, this once.
 
     The key alone goes to stdout (e.g. KEY=$(nx1-connect keys create ...)); its id,
     prefix and expiry go to stderr. Only a hash is stored: the key cannot be shown again.
     """
     from airflow_nx1_connect.core import keys as core_keys
-    from airflow_nx1_connect.core.snapshots import iso
 
     created = core_keys.create_key(
-        _engine(), data_api=data_api, days=core_keys.validate_days(days), description=description
+        _engine(),
+        data_api=data_api,
+        days=core_keys.validate_days(days),
+        description=description,
+        scopes=scopes,
+        rate_limit=core_keys.validate_rate_limit(rate_limit),
     )
     click.echo(created.secret)
     k = created.key
@@ -310,7 +336,8 @@ def keys_create(data_api: str, days: str, description: str | None) -> None:
 @click.option("--data-api", "data_api", metavar="NAME", help="Only the keys of this data API.")
 @json_option
 def keys_list(data_api: str | None, as_json: bool) -> None:
-    """List keys: id, prefix, data API, description, created, expires, last used, status.
+    """List keys: id, prefix, data API, description, created, expires, last used, status,
+    scopes and rate limit (requests per minute; - = the default).
 
     Never shows a key or its hash.
     """
@@ -325,8 +352,11 @@ def keys_list(data_api: str | None, as_json: bool) -> None:
         return
     fields = ["key_id", "prefix", "data_api", "description", "created", "expires", "last_used"]
     _print_table(
-        [f.replace("_", " ").upper() for f in fields] + ["STATUS"],
-        [[i[f] for f in fields] + [i["status"]] for i in items],
+        [f.replace("_", " ").upper() for f in fields] + ["STATUS", "SCOPES", "RATE LIMIT"],
+        [
+            [i[f] for f in fields] + [i["status"], ",".join(i["scopes"]), i["rate_limit"]]
+            for i in items
+        ],
     )
 
 
@@ -336,7 +366,6 @@ def keys_list(data_api: str | None, as_json: bool) -> None:
 def keys_extend(key_id: str, days: str) -> None:
     """Move the expiry of key KEY_ID N days later (from now if it already expired)."""
     from airflow_nx1_connect.core import keys as core_keys
-    from airflow_nx1_connect.core.snapshots import iso
 
     key = core_keys.extend_key(_engine(), key_id, days=core_keys.validate_days(days))
     _note(f"Key {key.id} now expires {iso(key.expires_at)}.")
@@ -347,7 +376,6 @@ def keys_extend(key_id: str, days: str) -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke key KEY_ID: it is refused at once. The record stays for the audit trail."""
     from airflow_nx1_connect.core import keys as core_keys
-    from airflow_nx1_connect.core.snapshots import iso
 
     key = core_keys.revoke_key(_engine(), key_id)
     _note(f"Key {key.id} is revoked since {iso(key.revoked_at)}.")

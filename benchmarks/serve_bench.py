@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from airflow_nx1_connect.core import store, writer
+
 NAME = "bench"
 SIZES = {
     True: {"rows": 1_000_000, "requests": 300, "repeats": 1, "verify": 2_000},
@@ -82,7 +84,7 @@ def _batches(rows: int) -> Iterator[list[tuple[Any, ...]]]:
 
 def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
     """(store URL, key, Datasette db path) with one `rows`-row snapshot of data API `bench`."""
-    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
 
     url = f"sqlite:///{tmp / 'store.db'}"
@@ -96,7 +98,7 @@ def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
         snaps.Column("amount", "NUMERIC"),
         snaps.Column("score", "REAL"),
     ]
-    snap = snaps.write_snapshot(engine, data_api=NAME, columns=columns, batches=_batches(rows))
+    snap = writer.write_snapshot(engine, data_api=NAME, columns=columns, batches=_batches(rows))
     key = keys.create_key(engine, data_api=NAME, days=1).secret
     peer = tmp / "peer.db"
     with closing(sqlite3.connect(peer)) as conn, conn:
@@ -107,7 +109,7 @@ def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
         )
         conn.execute(
             f'INSERT INTO rows SELECT id, name, category, amount, score FROM s."{snap.table_name}" '
-            f'ORDER BY "{snaps.ROW_COLUMN}"'
+            f'ORDER BY "{store.ROW_COLUMN}"'
         )
     store.dispose_engines()
     return url, key, peer
@@ -270,7 +272,7 @@ def stream(port: int, path: str, headers: dict[str, str], pid: int) -> tuple[flo
 
 def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
     """(mean ms of verify_key, mean ms of a whole serving.handle of the R1 request)."""
-    from airflow_nx1_connect.core import serving, store
+    from airflow_nx1_connect.core import serving
     from airflow_nx1_connect.core.keys import verify_key
     from airflow_nx1_connect.core.settings import get_settings
 

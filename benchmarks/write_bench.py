@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from airflow_nx1_connect.core import writer
 from benchmarks.common import (
     PG_URL,
     SOURCE_TABLE,
@@ -70,7 +71,6 @@ def prepare_store(store_url: str, name: str = "bench") -> Any:
 def ours(engine: Any, source: Path, name: str = "bench") -> int:
     """Write and publish one snapshot of the whole source (read with fetchmany, like the
     operator) through core.snapshots.write_snapshot; returns its row count."""
-    from airflow_nx1_connect.core import snapshots as snaps
 
     batches = source_batches(source)
     first = next(batches)
@@ -78,8 +78,8 @@ def ours(engine: Any, source: Path, name: str = "bench") -> int:
         description = conn.execute(
             f"SELECT id, name, amount, qty FROM {SOURCE_TABLE} LIMIT 0"
         ).description
-    columns = snaps.infer_columns(description, first, "sqlite")
-    snapshot = snaps.write_snapshot(
+    columns = writer.infer_columns(description, first, "sqlite")
+    snapshot = writer.write_snapshot(
         engine,
         data_api=name,
         columns=columns,

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from airflow_nx1_connect import cli as cli_module
-from airflow_nx1_connect.core import keys, store
+from airflow_nx1_connect.core import keys, store, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import AuthError, Forbidden
 
@@ -78,7 +78,7 @@ def sales(engine):
     snaps.register_data_api(
         engine, name="sales", kind="ask", dag_id="shop", task_id="top", description="Top sellers"
     )
-    snaps.write_snapshot(
+    writer.write_snapshot(
         engine,
         data_api="sales",
         columns=[snaps.Column("product", "TEXT"), snaps.Column("units", "INTEGER")],
@@ -415,3 +415,21 @@ def test_no_secret_or_hash_in_logs_of_a_cli_cycle(sales, caplog):
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
     assert "sqlalchemy.engine" in logged and key_id in logged  # logging really was on
     assert _leaks("\n".join([logged, caplog.text, *texts]), secret) == []
+
+
+def test_keys_carry_scopes_and_rate_limits(sales):
+    secret, key_id = _create("sales", "30", "--scope", "run", "--rate-limit", "120")
+    _plain_secret, plain_id = _create("sales", "30")
+    items = {i["key_id"]: i for i in json.loads(ok("keys", "list", "--json").stdout)}
+    assert (items[key_id]["scopes"], items[key_id]["rate_limit"]) == (["read", "run"], 120)
+    assert (items[plain_id]["scopes"], items[plain_id]["rate_limit"]) == (["read"], None)
+    table = ok("keys", "list").stdout
+    assert "SCOPES" in table and "read,run" in table and "RATE LIMIT" in table
+    record = keys.verify_key(sales, secret, "sales")
+    assert (record.scopes, record.rate_limit) == (("read", "run"), 120)
+    user_error(
+        "keys", "create", "--data-api", "sales", "--days", "1", "--rate-limit", "-1",
+        expect="rate limit must be a whole number",
+    )
+    res = nx1("keys", "create", "--data-api", "sales", "--days", "1", "--scope", "write")
+    assert res.returncode == 2 and "Invalid value for '--scope'" in res.stderr

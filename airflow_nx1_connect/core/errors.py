@@ -15,6 +15,10 @@ class StoreUnavailable(Nx1Error):
     """The snapshot store cannot be reached (connect failed or timed out)."""
 
 
+class StoreNotMigrated(Nx1Error):
+    """The snapshot store is not at this package's schema revision (run `db migrate`)."""
+
+
 class NotFound(Nx1Error):
     """A named thing (data API, snapshot, key) does not exist."""
 

@@ -36,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import (
     AuthError,
     DataApiNotFound,
@@ -44,13 +45,11 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from airflow_nx1_connect.core.snapshots import iso
 from airflow_nx1_connect.core.store import (
     SQLITE_BUSY_TIMEOUT_MS,
     api_keys,
     data_apis,
     describe_store_error,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +74,8 @@ MAX_DESCRIPTION_LENGTH = 500
 _LAST_USED_LOCK_WAIT_MS = 250
 
 STATUSES = ("active", "expired", "revoked")
+#: What a key may do: `read` (every key) and `run` (trigger the rule's runs).
+SCOPES = ("read", "run")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class ApiKey:
     expires_at: dt.datetime
     revoked_at: dt.datetime | None
     last_used_at: dt.datetime | None
+    scopes: tuple[str, ...] = ("read",)
+    #: Requests per minute; None: `[nx1_connect] default_rate_limit`; 0: no limit.
+    rate_limit: int | None = None
+    #: The key this one replaced, when it was made by a rotation.
+    rotated_from: str | None = None
 
     def status(self, now: dt.datetime | None = None) -> str:
         """`revoked`, `expired` (at or after `expires_at`) or `active`."""
@@ -123,6 +129,9 @@ _RECORD_COLUMNS = (
     api_keys.c.expires_at,
     api_keys.c.revoked_at,
     api_keys.c.last_used_at,
+    api_keys.c.scopes,
+    api_keys.c.rate_limit,
+    api_keys.c.rotated_from,
 )
 
 
@@ -137,7 +146,44 @@ def _record(row: Any) -> ApiKey:
         expires_at=m["expires_at"],
         revoked_at=m["revoked_at"],
         last_used_at=m["last_used_at"],
+        scopes=_scopes_from_text(m["scopes"]),
+        rate_limit=m["rate_limit"],
+        rotated_from=m["rotated_from"],
     )
+
+
+def _scopes_from_text(text: str | None) -> tuple[str, ...]:
+    return tuple(s for s in (text or "read").split(",") if s)
+
+
+def validate_scopes(scopes: Iterable[str] | None) -> tuple[str, ...]:
+    """The scopes as stored: `read` always, then the others given, in SCOPES order."""
+    wanted = set(scopes or ())
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        raise ValidationError(
+            f"Unknown scope {unknown[0]!r}; a key's scopes are {', '.join(SCOPES)}.",
+            field="scopes",
+        )
+    return tuple(s for s in SCOPES if s == "read" or s in wanted)
+
+
+def validate_rate_limit(rate_limit: object) -> int | None:
+    """None (use `default_rate_limit`), or requests per minute from 0 (no limit) up."""
+    if rate_limit is None or rate_limit == "":
+        return None
+    value: int | None = None
+    if isinstance(rate_limit, int) and not isinstance(rate_limit, bool):
+        value = rate_limit
+    elif isinstance(rate_limit, str) and re.fullmatch(r"\s*\d{1,9}\s*", rate_limit):
+        value = int(rate_limit)
+    if value is None or value < 0:
+        raise ValidationError(
+            f"The rate limit must be a whole number of requests per minute (0 = no limit); "
+            f"got {rate_limit!r}.",
+            field="rate_limit",
+        )
+    return value
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
@@ -229,15 +275,20 @@ def create_key(
     data_api: str,
     days: int,
     description: str | None = None,
+    scopes: Iterable[str] | None = None,
+    rate_limit: int | None = None,
+    rotated_from: str | None = None,
     now: dt.datetime | None = None,
 ) -> CreatedKey:
     """Create a key for `data_api`, valid `days` days from now; the secret is returned once.
 
-    ValidationError for days outside 1..max_key_days or a too long description;
-    DataApiNotFound when the data API does not exist.
+    ValidationError for days outside 1..max_key_days, a too long description, an unknown
+    scope or a negative rate limit; DataApiNotFound when the data API does not exist.
     """
     days = validate_days(days)
     text = _clean_description(description)
+    key_scopes = validate_scopes(scopes)
+    limit = validate_rate_limit(rate_limit)
     created = _now(now).replace(microsecond=0)
     secret = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
     assert looks_like_key(secret)
@@ -250,6 +301,9 @@ def create_key(
         expires_at=created + dt.timedelta(days=days),
         revoked_at=None,
         last_used_at=None,
+        scopes=key_scopes,
+        rate_limit=limit,
+        rotated_from=rotated_from,
     )
     missing = DataApiNotFound(
         f"No data API is called {data_api!r}. List them with: nx1-connect apis list"
@@ -274,6 +328,9 @@ def create_key(
                     expires_at=record.expires_at,
                     revoked_at=None,
                     last_used_at=None,
+                    scopes=",".join(key_scopes),
+                    rate_limit=limit,
+                    rotated_from=rotated_from,
                 )
             )
     except sa.exc.IntegrityError:
@@ -306,18 +363,9 @@ def verify_key(
     assert isinstance(raw_key, str)
     digest = _hash(raw_key)
     current = _now(now)
-    try:
-        with engine.connect() as conn:
-            # Only the record columns come back: result rows may be logged at DEBUG by
-            # SQLAlchemy, so the hash stays in the (hidden) bound parameter.
-            row = conn.execute(
-                sa.select(*_RECORD_COLUMNS).where(api_keys.c.key_hash == digest)
-            ).first()
-    except sa.exc.DBAPIError as exc:
-        raise _store_error(engine, exc) from None
-    if row is None:
+    key = _lookup(engine, digest)
+    if key is None:
         raise AuthError("unknown")
-    key = _record(row)
     status = key.status(current)
     if status != "active":
         raise AuthError(status)
@@ -327,6 +375,58 @@ def verify_key(
         if _touch(engine, key.id, current):
             key = ApiKey(**{**key.__dict__, "last_used_at": current})
     return key
+
+
+#: The key lookup of every request, as plain SQL on the driver's cursor: one indexed read,
+#: without building, compiling or processing a SQLAlchemy statement per request. Only the
+#: record columns come back; the hash is a bound parameter (never in a log).
+_LOOKUP_SQL = (
+    "SELECT id, prefix, data_api, description, created_at, expires_at, revoked_at, "
+    "last_used_at, scopes, rate_limit, rotated_from FROM nx1_api_keys WHERE key_hash = {}"
+)
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    """A stored time as the driver returns it (SQLite: text) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _lookup(engine: Engine, digest: str) -> ApiKey | None:
+    """The record of the key whose hash is `digest`, or None; StoreUnavailable on failure."""
+    sql = _LOOKUP_SQL.format("?" if engine.dialect.paramstyle == "qmark" else "%s")
+    try:
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(sql, (digest,))
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+    except (sa.exc.DBAPIError, engine.dialect.loaded_dbapi.Error) as exc:
+        raise _store_error(engine, exc) from None
+    if row is None:
+        return None
+    key_id, prefix, data_api, description, created, expires, revoked, used = row[:8]
+    return ApiKey(
+        id=key_id,
+        prefix=prefix,
+        data_api=data_api,
+        description=description,
+        created_at=_utc(created),  # type: ignore[arg-type]
+        expires_at=_utc(expires),  # type: ignore[arg-type]
+        revoked_at=_utc(revoked),
+        last_used_at=_utc(used),
+        scopes=_scopes_from_text(row[8]),
+        rate_limit=row[9],
+        rotated_from=row[10],
+    )
 
 
 def _touch(engine: Engine, key_id: str, now: dt.datetime) -> bool:
@@ -485,4 +585,6 @@ def key_to_dict(key: ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
         "last_used": iso(key.last_used_at),
         "revoked": iso(key.revoked_at),
         "status": key.status(_now(now) if now is not None else None),
+        "scopes": list(key.scopes),
+        "rate_limit": key.rate_limit,
     }

@@ -1,13 +1,20 @@
-"""The snapshot store: schema (SQLAlchemy Core), engines, migrations.
+"""The snapshot store: schema (SQLAlchemy Core), engines, migrations, identifiers.
 
 Every table is prefixed `nx1_`. Snapshot rows live in one physical table per snapshot,
-`nx1_snap_<snapshot id>`, created by `core.snapshots`; the tables here are the catalogue.
+`nx1_snap_<snapshot id>`, created by `core.writer`; the tables here are the catalogue.
+Migrating is the deployer's step (`nx1-connect db migrate`), as `airflow db migrate` is;
+task runs only check the revision (`check_migrated`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import functools
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
-from airflow_nx1_connect.core.errors import StoreUnavailable
+from airflow_nx1_connect.core.errors import StoreNotMigrated, StoreUnavailable
 
 #: Seconds a connection attempt to the store may take before the store counts as unreachable.
 CONNECT_TIMEOUT_S = 3
@@ -26,11 +33,12 @@ VERSION_TABLE = "nx1_alembic_version"
 
 KINDS = ("ask", "engineer")
 SNAPSHOT_STATUSES = ("writing", "published", "failed")
-
-
-def utcnow() -> dt.datetime:
-    """Now, as an aware UTC datetime truncated to microseconds."""
-    return dt.datetime.now(dt.UTC)
+#: Hidden row-number column of every snapshot table: 1..row_count in snapshot order.
+ROW_COLUMN = "__nx1_row__"
+#: Snapshot tables are `nx1_snap_<snapshot id>`.
+TABLE_PREFIX = "nx1_snap_"
+#: Rows per executemany / COPY chunk and per streamed read.
+BATCH_SIZE = 10_000
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -83,6 +91,10 @@ data_apis = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The published snapshot served as `latest`; moved only by a publish transaction.
     sa.Column("latest_snapshot_id", sa.String(32), nullable=True),
+    # Columns identifying a row (change feed; merge keys of a merge rule), and columns the
+    # rule asks to index; both as given by the rule's operator (JSON lists).
+    sa.Column("key_columns", sa.JSON, nullable=True),
+    sa.Column("index_columns", sa.JSON, nullable=True),
     sa.CheckConstraint("kind IN ('ask', 'engineer')", name="kind"),
 )
 
@@ -106,6 +118,9 @@ snapshots = sa.Table(
     sa.Column("published_at", UTCDateTime, nullable=True),
     sa.Column("table_name", sa.String(63), nullable=False, unique=True),
     sa.Column("error", sa.Text, nullable=True),
+    # What this snapshot's table was written with: key columns, and indexed columns.
+    sa.Column("key_columns", sa.JSON, nullable=True),
+    sa.Column("indexed_columns", sa.JSON, nullable=True),
     sa.CheckConstraint("status IN ('writing', 'published', 'failed')", name="status"),
     sa.Index("ix_nx1_snapshots_api_status_published", "data_api", "status", "published_at"),
 )
@@ -127,8 +142,65 @@ api_keys = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
     sa.Column("last_used_at", UTCDateTime, nullable=True),
+    # Comma list: "read" (every key) or "read,run".
+    sa.Column("scopes", sa.String(64), nullable=False, server_default="read"),
+    # Requests per minute; None = `[nx1_connect] default_rate_limit`, 0 = no limit.
+    sa.Column("rate_limit", sa.Integer, nullable=True),
+    # The key this one replaced by a rotation.
+    sa.Column("rotated_from", sa.String(32), nullable=True),
     sa.Index("ix_nx1_api_keys_key_hash", "key_hash", unique=True),
     sa.Index("ix_nx1_api_keys_data_api", "data_api"),
+)
+
+#: Requests per key per day, flushed from memory in batches (never a write per request).
+key_usage = sa.Table(
+    "nx1_key_usage",
+    metadata,
+    sa.Column(
+        "key_id",
+        sa.String(32),
+        sa.ForeignKey("nx1_api_keys.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+)
+
+#: Every admin action: who, what, when, from where. Never a secret.
+audit = sa.Table(
+    "nx1_audit",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(250), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("data_api", sa.String(63), nullable=True),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("remote_addr", sa.String(64), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Index("ix_nx1_audit_at", "at"),
+)
+
+#: Runs of a rule's DAG requested through the data API (`POST .../runs`).
+run_requests = sa.Table(
+    "nx1_run_requests",
+    metadata,
+    sa.Column("dag_id", sa.String(250), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column(
+        "data_api",
+        sa.String(63),
+        sa.ForeignKey("nx1_data_apis.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("requested_at", UTCDateTime, nullable=False),
+    sa.Index("ix_nx1_run_requests_data_api", "data_api", "requested_at"),
 )
 
 
@@ -234,35 +306,94 @@ def _alembic_config(engine: Engine) -> Any:
     return cfg
 
 
-def migrate(engine: Engine | None = None, revision: str = "head") -> None:
-    """Create or upgrade the store to `revision`; safe to run again.
+#: A PostgreSQL advisory lock key held while migrating, so two `db migrate` runs queue.
+_MIGRATE_LOCK_KEY = 0x6E7831_6D6967  # "nx1" "mig"
 
-    Also tidies what killed runs left behind (see `core.snapshots.cleanup_abandoned`).
-    """
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations of one store: a PostgreSQL advisory lock, or an flock on a
+    file beside a SQLite database (in-memory databases need none)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATE_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATE_LOCK_KEY})
+                conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    path = Path(database).expanduser()
+    fd = os.open(path.with_name(path.name + ".nx1-migrate.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def migrate(engine: Engine | None = None, revision: str = "head") -> None:
+    """Create or upgrade the store to `revision`; safe to run again, and concurrently."""
     from alembic import command
 
     engine = engine or get_engine()
     check_reachable(engine)
-    command.upgrade(_alembic_config(engine), revision)
-    from airflow_nx1_connect.core import snapshots
+    with _migration_lock(engine):
+        command.upgrade(_alembic_config(engine), revision)
 
-    snapshots.cleanup_abandoned(engine)
+
+_version_table = sa.Table(
+    VERSION_TABLE, sa.MetaData(), sa.Column("version_num", sa.String(32), primary_key=True)
+)
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The store's Alembic revision, or None when it was never migrated."""
-    from alembic.runtime.migration import MigrationContext
-
+    """The store's Alembic revision (one small query), or None when it was never migrated."""
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        return ctx.get_current_revision()
+        try:
+            return conn.execute(sa.select(_version_table.c.version_num)).scalar()
+        except sa.exc.ProgrammingError:
+            return None
+        except sa.exc.OperationalError as exc:
+            if "no such table" in str(exc.orig):
+                return None
+            raise
 
 
+@functools.cache
 def head_revision() -> str:
-    """The newest revision shipped with this package."""
+    """The newest revision shipped with this package (read once per process)."""
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(_alembic_config(sa.create_engine("sqlite://")))
     head = script.get_current_head()
     assert head is not None
     return head
+
+
+def check_migrated(engine: Engine) -> None:
+    """Raise StoreNotMigrated unless the store is at this package's revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current != head:
+        where = engine.url.render_as_string(hide_password=True)
+        state = "was never migrated" if current is None else f"is at revision {current}"
+        raise StoreNotMigrated(
+            f"The snapshot store {where} {state}; this version of airflow-nx1-connect needs "
+            f"{head}. Run: nx1-connect db migrate"
+        )
+
+
+def quote(bind: Engine | sa.Connection, name: str) -> str:
+    """A safely quoted identifier for the bind's dialect."""
+    return bind.dialect.identifier_preparer.quote_identifier(name)
+
+
+def drop_table(conn: sa.Connection, table: str) -> None:
+    """Drop a snapshot table if it exists."""
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote(conn, table)}"))

@@ -15,14 +15,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, ClassVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from airflow.sdk import Asset, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import store
-from airflow_nx1_connect.core.errors import RuleError, StoreUnavailable, ValidationError
+from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core.clock import iso
+from airflow_nx1_connect.core.errors import (
+    RuleError,
+    StoreNotMigrated,
+    StoreUnavailable,
+    ValidationError,
+)
 from airflow_nx1_connect.core.settings import get_settings
 from airflow_nx1_connect.operators.sql_text import (
     check_ask_sql,
@@ -30,8 +38,31 @@ from airflow_nx1_connect.operators.sql_text import (
     split_statements,
 )
 
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
 #: Rows fetched from the source per `fetchmany` call (and written per store batch).
-FETCH_SIZE = snaps.BATCH_SIZE
+FETCH_SIZE = store.BATCH_SIZE
+
+
+class DbApiCursor(Protocol):
+    """The parts of a DB-API 2.0 cursor a rule run uses."""
+
+    description: Sequence[Sequence[Any]] | None
+
+    def execute(self, operation: str) -> Any: ...
+    def fetchmany(self, size: int) -> Sequence[Any]: ...
+    def close(self) -> None: ...
+
+
+class DbApiConnection(Protocol):
+    """The parts of a DB-API 2.0 connection a rule run uses."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
 
 # SQLSTATE classes (first two characters) of errors in the SQL itself, not in the server.
 _RULE_SQLSTATE_CLASSES = frozenset(
@@ -71,7 +102,7 @@ class _RuleOperator(BaseOperator):
     """Shared parts of the rule operators (not for direct use)."""
 
     kind: ClassVar[str] = ""
-    template_fields: Sequence[str] = ("sql",)
+    template_fields: Sequence[str] = ("sql", "conn_id")
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql"}
 
@@ -85,6 +116,8 @@ class _RuleOperator(BaseOperator):
         question: str | None = None,
         write_mode: str = "overwrite",
         merge_keys: Sequence[str] | str | None = None,
+        key_columns: Sequence[str] | str | None = None,
+        index_columns: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         try:
@@ -95,22 +128,25 @@ class _RuleOperator(BaseOperator):
             raise ValueError("conn_id must name an Airflow Connection, e.g. conn_id='retail'.")
         if not isinstance(sql, str) or not sql.strip():
             raise ValueError("sql must be a SQL query or the path of a .sql file.")
-        if write_mode not in snaps.WRITE_MODES:
+        if write_mode not in writer.WRITE_MODES:
             raise ValueError(
-                f"write_mode must be one of {', '.join(snaps.WRITE_MODES)}, not {write_mode!r}."
+                f"write_mode must be one of {', '.join(writer.WRITE_MODES)}, not {write_mode!r}."
             )
-        keys = [merge_keys] if isinstance(merge_keys, str) else list(merge_keys or [])
+        keys = _column_list("merge_keys", merge_keys)
+        key_cols = _column_list("key_columns", key_columns)
+        index_cols = _column_list("index_columns", index_columns)
         if write_mode == "merge":
             if not keys:
                 raise ValueError(
                     "write_mode='merge' needs merge_keys: the result columns that identify a "
                     "row, e.g. merge_keys=['account_id']."
                 )
-            bad = [k for k in keys if not isinstance(k, str) or not k.strip()]
-            if bad:
-                raise ValueError(f"merge_keys must be column names, got {bad[0]!r}.")
-            if len(set(keys)) != len(keys):
-                raise ValueError("merge_keys names a column twice.")
+            if key_cols and key_cols != keys:
+                raise ValueError(
+                    "A merge rule's key columns are its merge_keys: leave key_columns out, "
+                    f"or make it equal to merge_keys ({keys})."
+                )
+            key_cols = keys
         elif keys:
             raise ValueError(
                 f"merge_keys only apply to write_mode='merge', not {write_mode!r}: "
@@ -133,6 +169,8 @@ class _RuleOperator(BaseOperator):
         self.question = question
         self.write_mode = write_mode
         self.merge_keys = keys or None
+        self.key_columns = key_cols or None
+        self.index_columns = index_cols or None
 
     # -- hooks for the subclasses -------------------------------------------------------
 
@@ -155,7 +193,7 @@ class _RuleOperator(BaseOperator):
         engine = store.get_engine(settings.sql_alchemy_conn)
         ti = context["ti"]
         try:
-            self._ensure_store(engine)
+            store.check_migrated(engine)
             snaps.register_data_api(
                 engine,
                 name=self.data_api,
@@ -166,16 +204,15 @@ class _RuleOperator(BaseOperator):
                 task_id=ti.task_id,
                 conn_id=self.conn_id,
                 write_mode=self.write_mode,
+                key_columns=self.key_columns,
+                index_columns=self.index_columns,
             )
-            removed = snaps.cleanup_abandoned(engine, self.data_api)
-            if removed:
-                self.log.info("Removed %d snapshot(s) left by killed runs.", removed)
-        except RuleError as exc:
+        except (RuleError, StoreNotMigrated) as exc:
             raise AirflowFailException(str(exc)) from None
         except Exception as exc:
             raise self._store_error(engine, exc) from exc
 
-        hook = self._hook()
+        hook = self.get_db_hook()
         try:
             conn = hook.get_conn()
         except Exception as exc:
@@ -196,9 +233,9 @@ class _RuleOperator(BaseOperator):
             "row_count": snapshot.row_count,
             "columns": list(snapshot.columns),
             "column_types": list(snapshot.column_types),
-            "published_at": snaps.iso(snapshot.published_at),
+            "published_at": iso(snapshot.published_at),
             "run_id": snapshot.run_id,
-            "data_interval_end": snaps.iso(snapshot.data_interval_end),
+            "data_interval_end": iso(snapshot.data_interval_end),
         }
         self.log.info(
             "Published snapshot %s of data API %r: %s rows.",
@@ -208,20 +245,20 @@ class _RuleOperator(BaseOperator):
         )
         return summary
 
-    def _ensure_store(self, engine: Any) -> None:
-        if store.current_revision(engine) != store.head_revision():
-            self.log.info("Creating or upgrading the snapshot store.")
-            store.migrate(engine)
-
     @staticmethod
-    def _store_error(engine: Any, exc: Exception) -> Exception:
+    def _store_error(engine: Engine, exc: Exception) -> Exception:
         import sqlalchemy as sa
 
         if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
             return StoreUnavailable(store.describe_store_error(engine, exc))
         return exc
 
-    def _hook(self) -> Any:
+    def get_db_hook(self) -> DbApiHook:
+        """The source's common.sql hook, from the Connection `conn_id` (made once per task)."""
+        return self._hook
+
+    @cached_property
+    def _hook(self) -> DbApiHook:
         from airflow.providers.common.sql.hooks.sql import DbApiHook
 
         try:
@@ -242,9 +279,9 @@ class _RuleOperator(BaseOperator):
 
     def _run(
         self,
-        engine: Any,
-        hook: Any,
-        conn: Any,
+        engine: Engine,
+        hook: DbApiHook,
+        conn: DbApiConnection,
         statements: list[str],
         context: Any,
         *,
@@ -281,9 +318,9 @@ class _RuleOperator(BaseOperator):
                 "SELECT (or a statement with RETURNING)."
             )
         try:
-            columns = snaps.infer_columns(description, first, dialect)
+            columns = writer.infer_columns(description, first, dialect)
             ti = context["ti"]
-            snapshot = snaps.write_snapshot(
+            snapshot = writer.write_snapshot(
                 engine,
                 data_api=self.data_api,
                 columns=columns,
@@ -292,6 +329,8 @@ class _RuleOperator(BaseOperator):
                 data_interval_end=context.get("data_interval_end"),
                 write_mode=self.write_mode,
                 merge_keys=self.merge_keys,
+                key_columns=self.key_columns,
+                index_columns=self.index_columns,
                 retention=retention,
                 logger=self.log,  # type: ignore[arg-type]
             )
@@ -315,8 +354,7 @@ class _RuleOperator(BaseOperator):
         else:
             # An Engineer rule's own statements (temp tables, audit rows) take effect
             # only once its snapshot is published.
-            with suppress(AttributeError):
-                conn.commit()
+            conn.commit()
         return snapshot
 
     def _source_failure(self, exc: BaseException) -> BaseException:
@@ -329,7 +367,18 @@ class _RuleOperator(BaseOperator):
         return AirflowException(message + " (retryable)")
 
 
-def _dialect(hook: Any) -> str:
+def _column_list(argument: str, value: Sequence[str] | str | None) -> list[str]:
+    """A list of column names from an operator argument (a name or a list of names)."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"{argument} must be column names, got {bad[0]!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{argument} names a column twice.")
+    return names
+
+
+def _dialect(hook: DbApiHook) -> str:
     try:
         name = str(hook.dialect_name)
     except Exception:
@@ -339,7 +388,7 @@ def _dialect(hook: Any) -> str:
     return {"postgres": "postgresql", "sqlite3": "sqlite"}.get(name, name)
 
 
-def _make_read_only(conn: Any, dialect: str) -> None:
+def _make_read_only(conn: DbApiConnection, dialect: str) -> None:
     """Defence in depth for Ask rules: the source session itself refuses writes."""
     cur = conn.cursor()
     try:
@@ -351,7 +400,7 @@ def _make_read_only(conn: Any, dialect: str) -> None:
         cur.close()
 
 
-def _open_cursor(conn: Any, server_side: bool) -> Any:
+def _open_cursor(conn: DbApiConnection, server_side: bool) -> DbApiCursor:
     if server_side:
         name = f"nx1_{uuid.uuid4().hex}"
         try:
@@ -372,13 +421,13 @@ def _as_tuples(rows: Sequence[Any]) -> Sequence[Any]:
     return rows
 
 
-def _fetch(cursor: Any) -> Sequence[Any]:
+def _fetch(cursor: DbApiCursor) -> Sequence[Any]:
     if cursor.description is None and not getattr(cursor, "name", None):
         return []
     return _as_tuples(cursor.fetchmany(FETCH_SIZE))
 
 
-def _batches(cursor: Any, first: Sequence[Any]) -> Iterator[Sequence[Any]]:
+def _batches(cursor: DbApiCursor, first: Sequence[Any]) -> Iterator[Sequence[Any]]:
     """The result in batches: the first (already fetched), then `fetchmany` until done."""
     if not first:
         return
@@ -395,7 +444,7 @@ def _batches(cursor: Any, first: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield batch
 
 
-def _rollback(conn: Any) -> None:
+def _rollback(conn: DbApiConnection) -> None:
     with suppress(Exception):
         conn.rollback()
 
@@ -409,6 +458,8 @@ class AskRuleOperator(_RuleOperator):
     :param sql: one SELECT (or WITH ... SELECT, VALUES) query, or a `.sql` file; Jinja.
     :param description: what the data API serves.
     :param question: the business question the query answers.
+    :param key_columns: result columns that identify a row (change feed; indexed).
+    :param index_columns: result columns to index, so filters on them are index lookups.
 
     Anything but a single read-only query fails the task before the source is touched.
     """
@@ -459,7 +510,11 @@ class EngineerRuleOperator(_RuleOperator):
         changes to the source are committed only after the snapshot is published.
     :param write_mode: `overwrite` (the result), `append` (previous snapshot + result) or
         `merge` (the result plus previous rows whose `merge_keys` are not in it).
-    :param merge_keys: the result columns identifying a row; required for `merge` only.
+    :param merge_keys: the result columns identifying a row; required for `merge` only
+        (they are the data API's key columns).
+    :param key_columns: result columns that identify a row (change feed; indexed); for
+        `merge`, leave it out (the merge keys are the key columns).
+    :param index_columns: result columns to index, so filters on them are index lookups.
     :param description: what the data API serves.
     :param question: the business question it answers, if any.
     """

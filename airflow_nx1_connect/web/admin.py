@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -34,8 +35,9 @@ from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
 from airflow_nx1_connect.core import keys as core_keys
+from airflow_nx1_connect.core import reads, store, types
 from airflow_nx1_connect.core import snapshots as core_snapshots
-from airflow_nx1_connect.core import store
+from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import (
     DataApiNotFound,
     KeyNotFound,
@@ -60,14 +62,14 @@ PREVIEW_ROWS = 20
 
 def utc_text(value: dt.datetime | None) -> str:
     """`2026-01-31T12:00:00Z` (whole seconds), or an em dash for None."""
-    return core_snapshots.iso(value.replace(microsecond=0) if value else None) or "\u2014"
+    return iso(value.replace(microsecond=0) if value else None) or "\u2014"
 
 
 def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     """A human hint: "in 6 days", "3 hours ago", "just now" ("" for None)."""
     if value is None:
         return ""
-    now = now or store.utcnow()
+    now = now or utcnow()
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     seconds = (value - now).total_seconds()
@@ -82,16 +84,14 @@ def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
 
 
 def cell(value: Any) -> str:
-    """A snapshot value as preview text."""
-    if value is None:
-        return ""
-    if isinstance(value, dt.datetime):
-        return core_snapshots.iso(value) or ""
-    if isinstance(value, dict | list):
-        import json
+    """A value as the data API sends it in JSON (`core.types`), as preview text.
 
-        return json.dumps(value, default=str)
-    return str(value)
+    Strings are shown without their JSON quotes; everything else is its JSON text, so a
+    boolean is `true`, a NUMERIC its exact digits, a JSON column its JSON.
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=types.json_default)
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ class Nx1ConnectView(BaseView):
         return get_auth_manager().get_url_login(next_url=request.url)
 
     def _page(self, template: str, http_status: int = 200, **context: Any) -> Response:
-        now = store.utcnow()
+        now = utcnow()
         response = make_response(
             self.render_template(
                 f"nx1connect/{template}",
@@ -345,7 +345,7 @@ class Nx1ConnectView(BaseView):
         """The data APIs the user may see, with their latest snapshot and active keys."""
         engine = self._engine()
         apis = core_snapshots.list_data_apis(engine, kinds=sorted(g.nx1_read))
-        now = store.utcnow()
+        now = utcnow()
         active: dict[str, int] = {}
         for key in core_keys.list_keys(engine, kinds=sorted(g.nx1_read)):
             if key.status(now) == "active":
@@ -376,14 +376,13 @@ class Nx1ConnectView(BaseView):
             latest = core_snapshots.latest_snapshot(engine, api.name)
         except SnapshotNotFound:
             latest = None
-        columns: list[core_snapshots.Column] = []
-        rows: list[tuple[Any, ...]] = []
+        columns: list[types.Column] = []
+        rows: list[list[Any]] = []
         if latest is not None:
             columns = core_snapshots.resolve_columns(latest, None)
             try:
-                rows = core_snapshots.read_rows(
-                    engine, latest, columns, start=0, limit=PREVIEW_ROWS
-                )
+                raw = reads.read_raw_rows(engine, latest, columns, start=0, limit=PREVIEW_ROWS)
+                rows = types.convert_rows(raw, types.converters(columns, "json"))
             except SnapshotNotFound:  # dropped by retention meanwhile
                 latest = None
         snaps = core_snapshots.list_snapshots(engine, api.name)

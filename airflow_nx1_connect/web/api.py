@@ -22,9 +22,9 @@ from fastapi.responses import Response as FastAPIResponse
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_nx1_connect.core import serving, snapshots
+from airflow_nx1_connect.core import serving
 from airflow_nx1_connect.core.settings import get_settings
-from airflow_nx1_connect.core.store import KINDS
+from airflow_nx1_connect.web import models
 
 API_PREFIX = "/api/v1"
 OPENAPI_URL = f"{API_PREFIX}/openapi.json"
@@ -59,14 +59,10 @@ def _send(response: serving.Response) -> FastAPIResponse:
 # OpenAPI description of what `core.serving` does
 # ---------------------------------------------------------------------------------------
 
-_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
-
 
 def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {serving.PROBLEM_JSON: {"schema": _PROBLEM_REF}},
-    }
+    # The model's schema is put under application/problem+json by `openapi()` below.
+    response: dict[str, Any] = {"description": description, "model": models.Problem}
     if headers:
         response["headers"] = headers
     return response
@@ -176,8 +172,8 @@ def _rows_responses() -> dict[int | str, dict[str, Any]]:
                     "schema": {"type": "string"},
                 },
             },
+            "model": models.RowsPage,
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/RowsPage"}},
                 "text/csv": {"schema": {"type": "string"}},
                 "application/x-ndjson": {"schema": {"type": "string"}},
             },
@@ -187,116 +183,12 @@ def _rows_responses() -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _json_ok(schema: str, description: str) -> dict[int | str, dict[str, Any]]:
+def _json_ok(model: type[Any], description: str) -> dict[int | str, dict[str, Any]]:
     return {
-        200: {
-            "description": description,
-            "headers": _CACHE_HEADERS,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        },
+        200: {"description": description, "headers": _CACHE_HEADERS, "model": model},
         304: _NOT_MODIFIED,
         **_ERRORS,
     }
-
-
-_NULLABLE_STRING = {"type": ["string", "null"]}
-_SCHEMAS: dict[str, Any] = {
-    "Problem": {
-        "type": "object",
-        "description": "RFC 9457 problem details (application/problem+json).",
-        "required": ["type", "title", "status", "detail"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-        },
-    },
-    "SnapshotSummary": {
-        "type": "object",
-        "required": ["id", "run_id", "data_interval_end", "published_at", "row_count"],
-        "properties": {
-            "id": {"type": "string"},
-            "run_id": _NULLABLE_STRING,
-            "data_interval_end": {**_NULLABLE_STRING, "format": "date-time"},
-            "published_at": {**_NULLABLE_STRING, "format": "date-time"},
-            "row_count": {"type": ["integer", "null"]},
-        },
-    },
-    "Column": {
-        "type": "object",
-        "required": ["name", "type"],
-        "properties": {
-            "name": {"type": "string"},
-            "type": {
-                "type": "string",
-                "enum": list(snapshots.FAMILIES),
-            },
-        },
-    },
-    "DataApi": {
-        "type": "object",
-        "required": [
-            "name",
-            "kind",
-            "description",
-            "question",
-            "created_at",
-            "latest_snapshot",
-            "columns",
-        ],
-        "properties": {
-            "name": {"type": "string"},
-            "kind": {"type": "string", "enum": list(KINDS)},
-            "description": _NULLABLE_STRING,
-            "question": _NULLABLE_STRING,
-            "created_at": {"type": "string", "format": "date-time"},
-            "latest_snapshot": {
-                "oneOf": [{"$ref": "#/components/schemas/SnapshotSummary"}, {"type": "null"}]
-            },
-            "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}},
-        },
-    },
-    "SnapshotList": {
-        "type": "object",
-        "required": ["data_api", "snapshots"],
-        "properties": {
-            "data_api": {"type": "string"},
-            "snapshots": {
-                "type": "array",
-                "description": "Retained published snapshots, newest first.",
-                "items": {"$ref": "#/components/schemas/SnapshotSummary"},
-            },
-        },
-    },
-    "RowsPage": {
-        "type": "object",
-        "required": ["data_api", "snapshot", "data"],
-        "properties": {
-            "data_api": {"type": "string"},
-            "snapshot": {"$ref": "#/components/schemas/SnapshotSummary"},
-            "data": {
-                "type": "object",
-                "required": ["start", "row_count", "columns", "column_types", "next_start", "data"],
-                "properties": {
-                    "start": {"type": "integer", "minimum": 0},
-                    "row_count": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "description": "Rows in this page.",
-                    },
-                    "columns": {"type": "array", "items": {"type": "string"}},
-                    "column_types": {"type": "array", "items": {"type": "string"}},
-                    "next_start": {
-                        "type": ["integer", "null"],
-                        "description": "start of the next page; null on the last.",
-                    },
-                    "data": {"type": "array", "items": {"type": "array"}},
-                },
-            },
-        },
-    },
-}
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,7 +246,9 @@ def create_app() -> FastAPI:
             response_class=FastAPIResponse,
             responses=_rows_responses()
             if rows
-            else _json_ok("DataApi" if endpoint == "data_api" else "SnapshotList", summary),
+            else _json_ok(
+                models.DataApi if endpoint == "data_api" else models.SnapshotList, summary
+            ),
             openapi_extra={"parameters": _rows_parameters() if rows else [_IF_NONE_MATCH]},
         )
         app.add_api_route(API_PREFIX + path, view, methods=["HEAD"], include_in_schema=False)
@@ -385,7 +279,6 @@ def create_app() -> FastAPI:
                 servers=app.servers or None,
             )
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {}).update(_SCHEMAS)
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "The data API key."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -394,6 +287,10 @@ def create_app() -> FastAPI:
             for operation in (op for item in schema["paths"].values() for op in item.values()):
                 # Parameters are validated by core.serving (400), never by FastAPI (422).
                 operation.get("responses", {}).pop("422", None)
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status[0] in "45" and "application/json" in content:
+                        content[serving.PROBLEM_JSON] = content.pop("application/json")
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "limit":
                         parameter["schema"]["maximum"] = settings.max_page_size

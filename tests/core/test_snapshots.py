@@ -8,6 +8,7 @@ import decimal
 import pytest
 import sqlalchemy as sa
 
+from airflow_nx1_connect.core import reads, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import RuleError, SnapshotNotFound
 
@@ -18,12 +19,12 @@ def _register(engine, name="sales", kind="engineer"):
 
 def _write(engine, rows, *, name="sales", columns=None, **kw):
     columns = columns or [snaps.Column("k", "INTEGER"), snaps.Column("v", "TEXT")]
-    return snaps.write_snapshot(engine, data_api=name, columns=columns, batches=[rows], **kw)
+    return writer.write_snapshot(engine, data_api=name, columns=columns, batches=[rows], **kw)
 
 
 def _all_rows(engine, snap):
     cols = snaps.resolve_columns(snap, None)
-    return [r for batch in snaps.iter_rows(engine, snap, cols, batch_size=2) for r in batch]
+    return [r for batch in reads.iter_rows(engine, snap, cols, batch_size=2) for r in batch]
 
 
 def test_publish_moves_latest_and_values_round_trip(engine):
@@ -87,7 +88,7 @@ def test_failure_keeps_previous_latest_and_leaves_no_table(engine):
         raise RuntimeError("source went away")
 
     with pytest.raises(RuntimeError, match="source went away"):
-        snaps.write_snapshot(
+        writer.write_snapshot(
             engine,
             data_api="sales",
             columns=[snaps.Column("k", "INTEGER"), snaps.Column("v", "TEXT")],
@@ -120,10 +121,48 @@ def test_name_owned_by_another_task_or_kind_fails(engine):
 
 def test_infer_columns_rejects_duplicates_and_empty_names():
     with pytest.raises(RuleError, match="'A' appears twice"):
-        snaps.infer_columns([("a", None), ("A", None)], [])
+        writer.infer_columns([("a", None), ("A", None)], [])
     with pytest.raises(RuleError, match="Column 2 of the result has no name"):
-        snaps.infer_columns([("a", None), ("", None)], [])
-    cols = snaps.infer_columns(
+        writer.infer_columns([("a", None), ("", None)], [])
+    cols = writer.infer_columns(
         [("a", None), ("b", 1700), ("c", None)], [(1, None, None), (2.5, None, None)], "postgresql"
     )
     assert [c.type for c in cols] == ["REAL", "NUMERIC", "TEXT"]
+
+
+def test_key_and_index_columns_are_indexed_before_publish_and_recorded(engine):
+    _register(engine)
+    columns = [snaps.Column("k", "INTEGER"), snaps.Column("v", "TEXT"), snaps.Column("w", "REAL")]
+    snap = _write(
+        engine,
+        [(1, "a", 1.0), (2, "b", 2.0)],
+        columns=columns,
+        key_columns=["k", "v"],
+        index_columns=["w", "v"],
+    )
+    assert snap.key_columns == ["k", "v"]
+    assert snap.indexed_columns == ["w", "v", "k"]  # every column that leads an index
+    indexes = {
+        tuple(ix["column_names"]) for ix in sa.inspect(engine).get_indexes(snap.table_name)
+    }
+    assert {("k", "v"), ("w",), ("v",)} <= indexes
+    # The planner uses them: a filter on an index column is an index lookup.
+    with engine.connect() as conn:
+        sql = f'SELECT * FROM "{snap.table_name}" WHERE "w" = 2.0'
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            assert "USING INDEX" in plan
+        else:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN " + sql))
+            assert "Index" in plan
+
+    with pytest.raises(RuleError, match="index_columns must be columns of the result"):
+        _write(engine, [(1, "a", 1.0)], columns=columns, index_columns=["nope"])
+    assert snaps.latest_snapshot(engine, "sales").id == snap.id
+
+
+def test_merge_keys_are_the_key_columns(engine):
+    _register(engine)
+    snap = _write(engine, [(1, "a")], write_mode="merge", merge_keys=["k"])
+    assert (snap.key_columns, snap.indexed_columns) == (["k"], ["k"])

@@ -10,7 +10,15 @@ from airflow_nx1_connect.core import store
 def test_migrate_creates_only_nx1_tables_and_is_idempotent(engine):
     store.migrate(engine)  # second run
     tables = set(sa.inspect(engine).get_table_names())
-    assert tables == {"nx1_alembic_version", "nx1_data_apis", "nx1_snapshots", "nx1_api_keys"}
+    assert tables == {
+        "nx1_alembic_version",
+        "nx1_data_apis",
+        "nx1_snapshots",
+        "nx1_api_keys",
+        "nx1_key_usage",
+        "nx1_audit",
+        "nx1_run_requests",
+    }
     assert store.current_revision(engine) == store.head_revision()
 
 
@@ -49,3 +57,32 @@ def test_unreachable_store_fails_fast_with_a_clear_message():
         store.check_reachable(eng)
     assert time.monotonic() - started < store.CONNECT_TIMEOUT_S + 2
     eng.dispose()
+
+
+def test_concurrent_migrations_of_a_fresh_store_both_succeed(store_url):
+    """Two deployers running `db migrate` at once: one migrates, the other waits (no error)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engines = [store.create_store_engine(store_url) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(store.migrate, engines))
+        assert store.current_revision(engines[0]) == store.head_revision()
+    finally:
+        for eng in engines:
+            eng.dispose()
+
+
+def test_check_migrated_names_the_command_until_the_store_is_migrated(store_url):
+    import pytest
+
+    from airflow_nx1_connect.core.errors import StoreNotMigrated
+
+    eng = store.create_store_engine(store_url)
+    try:
+        with pytest.raises(StoreNotMigrated, match=r"never migrated.*Run: nx1-connect db migrate"):
+            store.check_migrated(eng)
+        store.migrate(eng)
+        store.check_migrated(eng)
+    finally:
+        eng.dispose()

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
+from airflow_nx1_connect.core import reads
 from tests.conftest import PG_URL, drop_pg_schema, make_pg_schema
 
 SQLITE_CONN = "nx1_src_sqlite"
@@ -81,7 +82,7 @@ def latest_rows(engine: Any, name: str) -> list[tuple[Any, ...]]:
 
     snap = snaps.latest_snapshot(engine, name)
     cols = snaps.resolve_columns(snap, None)
-    return [r for batch in snaps.iter_rows(engine, snap, cols) for r in batch]
+    return [r for batch in reads.iter_rows(engine, snap, cols) for r in batch]
 
 
 SALES = [

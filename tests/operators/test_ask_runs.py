@@ -4,8 +4,6 @@ touched, and a data API name owned by another task."""
 
 from __future__ import annotations
 
-import pytest
-
 from airflow_nx1_connect.core import snapshots as snaps
 from tests.operators.conftest import SALES, latest_rows, query_sqlite, ti_states
 
@@ -115,32 +113,34 @@ def test_name_owned_by_another_task_or_kind_fails(engine, sqlite_source, make_da
     assert len(snaps.list_snapshots(engine, name)) == 1
 
 
-@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_example_dags_run_on_their_demo_sources(engine, make_dag, tmp_path, monkeypatch):
-    """The shipped example DAGs, on the demo databases their code builds."""
-    from pathlib import Path
+def test_a_task_never_migrates_the_store_and_names_the_command(
+    store_env, store_url, sqlite_source, make_dag, capfd
+):
+    """Migrating is the deployer's step: a task on a store behind this package's schema
+    fails at once with one line naming `nx1-connect db migrate`, and leaves it untouched."""
+    import sqlalchemy as sa
 
-    from dags_examples import demo_data
+    from airflow_nx1_connect.core import store
 
-    paths = demo_data.create_demo_databases(tmp_path / "demo")
-    for key, value in demo_data.connection_env(paths).items():
-        monkeypatch.setenv(key, value)
-    examples = Path(__file__).resolve().parents[2] / "dags_examples"
-    for file, apis in [
-        ("retail_weekly_top_product.py", ["weekly_top_product"]),
-        ("bank_compliance.py", ["compliance_metrics", "fraud_alerts"]),
-    ]:
-        text = (examples / file).read_text()
-        text = text.replace('Path(__file__).parent / "sql"', repr(str(examples / "sql")))
-        dag_id = file.removesuffix(".py")
-        text = text.replace(f'dag_id="{dag_id}"', 'dag_id="DAG_ID"')
-        dag = make_dag(text, dag_id=f"{dag_id}_{engine.dialect.name[:2]}")
-        run = dag.test()
-        assert set(ti_states(run).values()) == {"success"}, file
-        for api in apis:
-            assert snaps.latest_snapshot(engine, api).row_count > 0
-    top = latest_rows(engine, "weekly_top_product")
-    units = [r[2] for r in top]
-    assert units == sorted(units, reverse=True)
-    rules = {r[4] for r in latest_rows(engine, "fraud_alerts")}
-    assert rules == {"large_cash", "high_risk_country", "transfer_burst"}
+    engine = store.get_engine(store_url)
+    dag = make_dag(ASK_DAG.format(name="never_migrated", conn_id="nx1_src_sqlite"))
+    capfd.readouterr()
+    run = dag.test()
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert ti_states(run) == {"ask": "failed"}
+    assert "was never migrated" in text and "Run: nx1-connect db migrate" in text
+    assert "AirflowFailException" in text  # no retries: retrying cannot fix it
+    assert store.current_revision(engine) is None
+    assert [t for t in sa.inspect(engine).get_table_names() if t.startswith("nx1_")] == []
+
+    # A store at an older revision is "behind" in the same way.
+    store.migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE nx1_alembic_version SET version_num = 'old_revision'"))
+    capfd.readouterr()
+    run = dag.test()
+    text = "".join(capfd.readouterr())
+    assert ti_states(run) == {"ask": "failed"}
+    assert "is at revision old_revision" in text and "Run: nx1-connect db migrate" in text
+    assert store.current_revision(engine) == "old_revision"

@@ -12,6 +12,7 @@ from contextlib import closing
 
 import sqlalchemy as sa
 
+from airflow_nx1_connect.core import clock, store
 from airflow_nx1_connect.core import snapshots as snaps
 from tests.operators.conftest import latest_rows, query_sqlite, ti_states, xcom_value
 
@@ -100,7 +101,7 @@ def test_three_runs_all_write_modes_retention_xcom_asset(
         assert {s.run_id for s in kept} == {run2.run_id, run3.run_id}
         for s in kept:
             assert s.table_name in names
-    snap_tables = {n for n in names if n.startswith(snaps.TABLE_PREFIX)}
+    snap_tables = {n for n in names if n.startswith(store.TABLE_PREFIX)}
     assert len(snap_tables) == 6
 
     # XCom holds metadata only.
@@ -112,9 +113,9 @@ def test_three_runs_all_write_modes_retention_xcom_asset(
         "row_count": len(q1 + q2 + q3),
         "columns": ["account_id", "amount", "note"],
         "column_types": ["TEXT", "REAL", "TEXT"],
-        "published_at": snaps.iso(latest.published_at),
+        "published_at": clock.iso(latest.published_at),
         "run_id": run3.run_id,
-        "data_interval_end": snaps.iso(latest.data_interval_end),
+        "data_interval_end": clock.iso(latest.data_interval_end),
     }
 
     # Registration on first run: kind, rule task, description, write mode.

@@ -12,6 +12,7 @@ import time
 
 import sqlalchemy as sa
 
+from airflow_nx1_connect.core import lease, store
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import SnapshotNotFound
 from tests.operators.conftest import SALES, latest_rows, ti_states
@@ -53,7 +54,7 @@ def _wait_for_writing(engine, name, proc, timeout=60.0):
 
 
 def _snapshot_tables(engine):
-    return {t for t in sa.inspect(engine).get_table_names() if t.startswith(snaps.TABLE_PREFIX)}
+    return {t for t in sa.inspect(engine).get_table_names() if t.startswith(store.TABLE_PREFIX)}
 
 
 def test_sigkill_mid_write_keeps_previous_snapshot_and_next_run_cleans_up(
@@ -98,7 +99,7 @@ def test_sigkill_mid_write_keeps_previous_snapshot_and_next_run_cleans_up(
 
     # The writer's lease dies with it (the PostgreSQL server may take a moment to notice).
     deadline = time.monotonic() + 20
-    while not snaps._Lease.is_abandoned(engine, doomed.id):
+    while not lease.Lease.is_abandoned(engine, doomed.id):
         assert time.monotonic() < deadline, "the killed writer's lease was never released"
         time.sleep(0.2)
 

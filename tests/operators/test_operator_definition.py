@@ -15,9 +15,9 @@ from airflow_nx1_connect.operators.sql_text import check_ask_sql, split_statemen
 def test_outlets_templating_and_keyword_only_arguments():
     op = AskRuleOperator(task_id="t", data_api="weekly_top_product", conn_id="retail", sql="x.sql")
     assert op.outlets == [Asset("nx1://weekly_top_product")]
-    assert AskRuleOperator.template_fields == ("sql",)
+    assert AskRuleOperator.template_fields == ("sql", "conn_id")
     assert ".sql" in AskRuleOperator.template_ext
-    assert EngineerRuleOperator.template_fields == ("sql",)
+    assert EngineerRuleOperator.template_fields == ("sql", "conn_id")
 
     other = Asset("s3://bucket/key")
     op = EngineerRuleOperator(

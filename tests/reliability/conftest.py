@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from airflow_nx1_connect.core import keys, snapshots, store
+from airflow_nx1_connect.core import keys, snapshots, store, writer
 from tests.conftest import PG_URL, drop_pg_schema, make_pg_schema
 from tests.reliability.servers import Server, start_server
 from tests.reliability.tcp_proxy import TcpProxy
@@ -49,7 +49,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
         ids = {}
         for name, kind in (("alpha", "ask"), ("beta", "engineer")):
             snapshots.register_data_api(engine, name=name, kind=kind, dag_id="d", task_id=name)
-            snap = snapshots.write_snapshot(
+            snap = writer.write_snapshot(
                 engine,
                 data_api=name,
                 columns=COLUMNS,
@@ -83,7 +83,7 @@ def proxied_store():
     try:
         store.migrate(engine)
         snapshots.register_data_api(engine, name="alerts", kind="engineer", dag_id="d", task_id="t")
-        snapshots.write_snapshot(
+        writer.write_snapshot(
             engine,
             data_api="alerts",
             columns=[snapshots.Column("n", "INTEGER")],

@@ -15,7 +15,7 @@ import threading
 
 import httpx
 
-from airflow_nx1_connect.core import snapshots
+from airflow_nx1_connect.core import snapshots, writer
 
 LABEL = re.compile(r"^run(\d+)-(\d+)$")
 RUNS = 12
@@ -31,10 +31,10 @@ def test_readers_see_one_whole_snapshot_per_request_while_runs_publish(served):
     stop = threading.Event()
     published: dict[str, int] = {}  # snapshot id -> run
 
-    def writer() -> None:
+    def publish_runs() -> None:
         try:
             for k in range(1, RUNS + 1):
-                snap = snapshots.write_snapshot(
+                snap = writer.write_snapshot(
                     served.engine,
                     data_api="beta",
                     columns=[snapshots.Column("id", "INTEGER"), snapshots.Column("label", "TEXT")],
@@ -100,7 +100,7 @@ def test_readers_see_one_whole_snapshot_per_request_while_runs_publish(served):
     ]
     for t in threads:
         t.start()
-    writer()
+    publish_runs()
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors[:10]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from airflow_nx1_connect.core import reads, store, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.store import snapshots as snapshots_table
 
@@ -47,13 +48,13 @@ def _served_bytes(engine, name: str) -> tuple[str, bytes]:
     snap = snaps.latest_snapshot(engine, name)
     cols = snaps.resolve_columns(snap, None)
     body = b"".join(
-        repr(row).encode() + b"\n" for batch in snaps.iter_rows(engine, snap, cols) for row in batch
+        repr(row).encode() + b"\n" for batch in reads.iter_rows(engine, snap, cols) for row in batch
     )
     return snap.id, body
 
 
 def _snap_tables(engine) -> set[str]:
-    return {t for t in sa.inspect(engine).get_table_names() if t.startswith(snaps.TABLE_PREFIX)}
+    return {t for t in sa.inspect(engine).get_table_names() if t.startswith(store.TABLE_PREFIX)}
 
 
 def _records(engine, status: str) -> list[tuple[str, str]]:
@@ -80,7 +81,7 @@ def _wait_for_writing(engine, proc: subprocess.Popen, timeout: float = 60) -> st
 
 def test_killed_writer_leaves_previous_snapshot_served(engine, store_url):
     snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
-    first = snaps.write_snapshot(
+    first = writer.write_snapshot(
         engine, data_api="ledger", columns=COLUMNS, batches=[[(1, "a"), (2, "é'\"")]]
     )
     before = _served_bytes(engine, "ledger")
@@ -97,12 +98,12 @@ def test_killed_writer_leaves_previous_snapshot_served(engine, store_url):
     assert [s.id for s in snaps.list_snapshots(engine, "ledger")] == [first.id]
     assert half_id in {r[0] for r in _records(engine, "writing")}
     # Its rows were never committed: no table beyond those before (the record waits for cleanup).
-    assert _snap_tables(engine) <= tables_before | {snaps.TABLE_PREFIX + half_id}
+    assert _snap_tables(engine) <= tables_before | {store.TABLE_PREFIX + half_id}
 
     # The next run cleans it up and publishes normally.
-    nxt = snaps.write_snapshot(engine, data_api="ledger", columns=COLUMNS, batches=[[(3, "c")]])
+    nxt = writer.write_snapshot(engine, data_api="ledger", columns=COLUMNS, batches=[[(3, "c")]])
     assert _records(engine, "writing") == []
-    assert snaps.TABLE_PREFIX + half_id not in _snap_tables(engine)
+    assert store.TABLE_PREFIX + half_id not in _snap_tables(engine)
     assert snaps.latest_snapshot(engine, "ledger").id == nxt.id
 
 
@@ -110,7 +111,7 @@ def test_live_writer_is_not_cleaned_up_by_another_run(engine, store_url):
     snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
     proc = _writer(store_url, "ledger", 60_000, 2_000, "slow")
     live_id = _wait_for_writing(engine, proc)
-    assert snaps.cleanup_abandoned(engine, "ledger") == 0
+    assert writer.cleanup_abandoned(engine, "ledger") == 0
     assert live_id in {r[0] for r in _records(engine, "writing")}
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -120,7 +121,7 @@ def test_live_writer_is_not_cleaned_up_by_another_run(engine, store_url):
 def test_concurrent_runs_of_one_data_api_stay_consistent(engine, store_url):
     snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
     for n in range(2):
-        snaps.write_snapshot(
+        writer.write_snapshot(
             engine, data_api="ledger", columns=COLUMNS, batches=[[(n, "seed")]], retention=3
         )
     procs = [_writer(store_url, "ledger", 30_000, 5_000, f"run{k}") for k in range(2)]
@@ -140,5 +141,5 @@ def test_concurrent_runs_of_one_data_api_stay_consistent(engine, store_url):
     assert _snap_tables(engine) == {s.table_name for s in published}
     # Each retained snapshot is whole.
     for s in published:
-        rows = [r for b in snaps.iter_rows(engine, s, snaps.resolve_columns(s, None)) for r in b]
+        rows = [r for b in reads.iter_rows(engine, s, snaps.resolve_columns(s, None)) for r in b]
         assert len(rows) == s.row_count

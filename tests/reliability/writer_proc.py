@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from airflow_nx1_connect.core import snapshots, store
+from airflow_nx1_connect.core import snapshots, store, writer
 
 
 def batches(rows: int, every: int, tag: str):
@@ -30,7 +30,7 @@ def main() -> None:
     url, name, rows, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     tag = sys.argv[5] if len(sys.argv) > 5 else "w"
     engine = store.get_engine(url)
-    snap = snapshots.write_snapshot(
+    snap = writer.write_snapshot(
         engine,
         data_api=name,
         columns=[snapshots.Column("i", "INTEGER"), snapshots.Column("tag", "TEXT")],

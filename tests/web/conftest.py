@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from airflow_nx1_connect.core import writer
 from tests.conftest import drop_pg_schema, make_pg_schema
 
 STORE_ENV = "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"
@@ -109,10 +110,10 @@ def _populate(url: str, backend: str) -> ApiStore:
         task_id="sales",
     )
     rows = big_rows()
-    old = snaps.write_snapshot(
+    old = writer.write_snapshot(
         engine, data_api="sales", columns=columns, batches=[rows[:10]], run_id="run_old"
     )
-    latest = snaps.write_snapshot(
+    latest = writer.write_snapshot(
         engine,
         data_api="sales",
         columns=columns,
@@ -121,7 +122,7 @@ def _populate(url: str, backend: str) -> ApiStore:
         data_interval_end=dt.datetime(2026, 1, 5, tzinfo=dt.UTC),
     )
     snaps.register_data_api(engine, name="other", kind="engineer", dag_id="d", task_id="other")
-    other = snaps.write_snapshot(
+    other = writer.write_snapshot(
         engine,
         data_api="other",
         columns=[snaps.Column("x", "INTEGER")],

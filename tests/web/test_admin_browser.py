@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from airflow_nx1_connect.core import writer
 from tests.api_server import running_api_server
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def _populate(store_url: str) -> None:
         )
         cols = [snaps.Column("product", "TEXT"), snaps.Column("units", "INTEGER")]
         rows = [("Espresso", 120), ("Bagel", 98), ("Croissant", 75), ("Flat white", 64)]
-        snaps.write_snapshot(
+        writer.write_snapshot(
             engine, data_api=API, columns=cols, batches=[rows], run_id="scheduled__2026-11-16"
         )
     finally:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as snaps
+from airflow_nx1_connect.core import writer
 from airflow_nx1_connect.core.errors import DataApiNotFound, KeyNotFound
 from airflow_nx1_connect.core.store import api_keys
 
@@ -139,7 +140,7 @@ def store(engine: Any) -> dict[str, Any]:
     snaps.register_data_api(
         engine, name="compliance_metrics", kind="engineer", dag_id="bank", task_id="metrics"
     )
-    snaps.write_snapshot(
+    writer.write_snapshot(
         engine,
         data_api="weekly_top_product",
         columns=[snaps.Column("product", "TEXT"), snaps.Column("units", "INTEGER")],

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from airflow_nx1_connect.core import writer
 from tests.api_server import running_api_server
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def _populate(store_url: str) -> tuple[str, str]:
         snaps.register_data_api(
             engine, name="sales", kind="ask", description="Sales", dag_id="d", task_id="t"
         )
-        snap = snaps.write_snapshot(
+        snap = writer.write_snapshot(
             engine,
             data_api="sales",
             columns=[

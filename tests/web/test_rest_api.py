@@ -802,14 +802,3 @@ def test_schemathesis(case: Any, api_store: ApiStore) -> None:
             response_schema_conformance,
         ],
     )
-
-
-def test_stored_timestamps_and_json_text_render_like_decoded_values() -> None:
-    """Rows are encoded from stored values: offsets become UTC `Z`, naive times stay naive."""
-    from airflow_nx1_connect.core import serving
-
-    assert serving._csv_timestamp("2026-01-02T03:04:05+00:00") == "2026-01-02T03:04:05Z"
-    assert serving._csv_timestamp("2026-01-02T03:04:05.5+02:00") == "2026-01-02T01:04:05.500000Z"
-    assert serving._csv_timestamp("2026-01-02T03:04:05") == "2026-01-02T03:04:05"
-    assert serving._json_text('{"a": [1, "ü"]}') == {"a": [1, "ü"]}
-    assert serving._json_text("not json") == "not json"

@@ -1,0 +1,265 @@
+"""The data REST API, framework-neutral: one request in, one response out.
+
+The Flask blueprint (`web.blueprint`) and the FastAPI app (`web.api`) only translate their
+framework's request into a `Request`, call `handle` (or `route_not_found` /
+`method_not_allowed`), and send back the `Response`: same statuses, headers and bodies.
+
+Where things are: `http` (request, response, problems, the one exception mapping,
+conditional requests), `auth` (the key), `params` (query parameters), `encoders` (JSON,
+CSV, NDJSON from stored values); rows are read by `core.reads`. This module routes.
+
+Order of checks on every data API route (so an unauthenticated caller learns nothing):
+
+1. an oversized request: 414 / 431;
+2. a key in the query string: 400, before anything else, without echoing or logging it;
+3. authentication (`Authorization: Bearer` or `X-API-Key`): 401;
+4. the key's data API against the name in the path: 403, whether or not the name exists;
+5. the snapshot (none published yet, unknown or no longer retained id): 404;
+6. the query parameters `start`, `limit`, `columns`, `format`: 400.
+
+ETags hash the snapshot id with the request's shape (route, start, limit, columns,
+format), so a 304 costs no row read; a snapshot's own URL is `immutable`, `latest` and the
+catalogue routes live 30 seconds. CSV and NDJSON without `limit` stream the whole
+snapshot from `start`, one 10,000-row keyset batch at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import quote, unquote, urlencode
+
+import sqlalchemy as sa
+
+from airflow_nx1_connect.core import reads
+from airflow_nx1_connect.core import snapshots as snaps
+from airflow_nx1_connect.core.clock import iso
+from airflow_nx1_connect.core.errors import NotFound
+from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
+from airflow_nx1_connect.core.serving.encoders import (
+    csv_encoder,
+    csv_header,
+    dumps,
+    json_converter,
+    ndjson_rows,
+    stream,
+)
+from airflow_nx1_connect.core.serving.http import (
+    ALLOWED_METHODS,
+    IMMUTABLE,
+    PROBLEM_JSON,
+    SHORT_LIVED,
+    Request,
+    Response,
+    bad_request,
+    close_body,
+    error_response,
+    etag_for,
+    finish,
+    http_error,
+    method_not_allowed,
+    problem_for,
+    refuse_oversized,
+    route_not_found,
+)
+from airflow_nx1_connect.core.serving.params import (
+    FORMATS,
+    MAX_START,
+    MEDIA_TYPES,
+    parse_rows_params,
+)
+from airflow_nx1_connect.core.settings import Settings, current_settings
+from airflow_nx1_connect.core.store import get_engine
+
+__all__ = [
+    "ALLOWED_METHODS",
+    "FORMATS",
+    "MAX_START",
+    "PROBLEM_JSON",
+    "ROUTES",
+    "Request",
+    "Response",
+    "bad_request",
+    "error_response",
+    "extract_key",
+    "handle",
+    "http_error",
+    "method_not_allowed",
+    "route_not_found",
+]
+
+#: The routes every adapter serves, relative to `{base}`.
+ROUTES: dict[str, str] = {
+    "data_api": "/data-apis/{name}",
+    "latest": "/data-apis/{name}/latest",
+    "snapshots": "/data-apis/{name}/snapshots",
+    "snapshot": "/data-apis/{name}/snapshots/{snapshot_id}",
+}
+
+
+def handle(
+    endpoint: str,
+    request: Request,
+    *,
+    name: str,
+    snapshot_id: str | None = None,
+    engine: sa.Engine | None = None,
+    settings: Settings | None = None,
+) -> Response:
+    """Serve one request to `endpoint` (a key of ROUTES). Never raises.
+
+    `engine` and `settings` default to the configured store and `[nx1_connect]` options.
+    """
+    if endpoint not in ROUTES:
+        return route_not_found(request)
+    if request.method not in ALLOWED_METHODS:
+        return method_not_allowed(request)
+    try:
+        refuse_oversized(request)
+        refuse_key_in_query(request.query)
+        settings = settings or current_settings()
+        engine = engine or get_engine(settings.sql_alchemy_conn)
+        authenticate(engine, request, name)
+        if endpoint == "data_api":
+            response = _data_api_response(engine, request, name)
+        elif endpoint == "snapshots":
+            response = _snapshots_response(engine, request, name)
+        else:
+            response = _rows_response(engine, settings, request, endpoint, name, snapshot_id)
+    except Exception as exc:  # the one place where exceptions become statuses
+        return problem_for(exc)
+    if request.method == "HEAD":
+        close_body(response.body)
+        response.body = b""
+    return response
+
+
+def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Response:
+    api = snaps.get_data_api(engine, name)
+    latest: snaps.Snapshot | None
+    try:
+        latest = snaps.latest_snapshot(engine, name)
+    except NotFound:
+        latest = None
+    columns = snaps.resolve_columns(latest, None) if latest is not None else []
+    document = {
+        "name": api.name,
+        "kind": api.kind,
+        "description": api.description,
+        "question": api.question,
+        "created_at": iso(api.created_at),
+        "latest_snapshot": latest.summary() if latest is not None else None,
+        "columns": [{"name": c.name, "type": c.type} for c in columns],
+    }
+    body = dumps(document)
+    modified = max(
+        [t for t in (api.updated_at, latest.published_at if latest else None) if t is not None]
+    )
+    return finish(
+        request,
+        etag=etag_for("data_api", body),
+        last_modified=modified,
+        cache_control=SHORT_LIVED,
+        media_type=MEDIA_TYPES["json"],
+        body=lambda: body,
+    )
+
+
+def _snapshots_response(engine: sa.Engine, request: Request, name: str) -> Response:
+    api = snaps.get_data_api(engine, name)
+    published = snaps.list_snapshots(engine, name)
+    body = dumps({"data_api": name, "snapshots": [s.summary() for s in published]})
+    times = [s.published_at for s in published if s.published_at is not None]
+    return finish(
+        request,
+        etag=etag_for("snapshots", body),
+        last_modified=max(times) if times else api.created_at,
+        cache_control=SHORT_LIVED,
+        media_type=MEDIA_TYPES["json"],
+        body=lambda: body,
+    )
+
+
+def _rows_response(
+    engine: sa.Engine,
+    settings: Settings,
+    request: Request,
+    endpoint: str,
+    name: str,
+    snapshot_id: str | None,
+) -> Response:
+    if endpoint == "latest":
+        snapshot = snaps.latest_snapshot(engine, name)
+        cache_control = SHORT_LIVED
+    else:
+        snapshot = snaps.get_snapshot(engine, name, snapshot_id or "")
+        cache_control = IMMUTABLE
+    params = parse_rows_params(request, settings)
+    columns = snaps.resolve_columns(snapshot, params.columns)
+    names = [c.name for c in columns]
+    etag = etag_for("rows", snapshot.id, endpoint, params.start, params.limit, names, params.format)
+    extra: list[tuple[str, str]] = []
+    # Rows are read as stored and encoded straight to text (no decoding to Python first).
+    csv_rows = csv_encoder(columns)
+    json_values = json_converter(columns)
+    if params.limit is None:
+        # Whole-snapshot CSV / NDJSON: read the first batch now, so a missing table is a
+        # 404 (not a cut stream), then stream the rest batch by batch.
+        def body() -> bytes | Iterator[bytes]:
+            batches = reads.iter_raw_rows(engine, snapshot, columns, start=params.start)
+            first = next(batches, None)
+            return stream(params.format, names, first, batches, csv_rows, json_values)
+
+    else:
+        rows = reads.read_raw_rows(
+            engine, snapshot, columns, start=params.start, limit=params.limit
+        )
+        total = snapshot.row_count or 0
+        next_start = params.start + len(rows) if params.start + len(rows) < total else None
+        if rows and next_start is not None:
+            extra.append(("Link", f'<{next_url(request, next_start)}>; rel="next"'))
+
+        def body() -> bytes | Iterator[bytes]:
+            if params.format == "csv":
+                return csv_header(names) + csv_rows(rows)
+            if params.format == "ndjson":
+                return ndjson_rows(names, json_values(rows))
+            return dumps(
+                {
+                    "data_api": name,
+                    "snapshot": snapshot.summary(),
+                    "data": {
+                        "start": params.start,
+                        "row_count": len(rows),
+                        "columns": names,
+                        "column_types": [c.type for c in columns],
+                        "next_start": next_start if rows else None,
+                        "data": json_values(rows),
+                    },
+                }
+            )
+
+    return finish(
+        request,
+        etag=etag,
+        last_modified=snapshot.published_at,
+        cache_control=cache_control,
+        media_type=MEDIA_TYPES[params.format],
+        body=body,
+        extra=extra,
+    )
+
+
+def next_url(request: Request, next_start: int) -> str:
+    pairs: list[tuple[str, str]] = []
+    replaced = False
+    for key, value in request.query:
+        if key == "start":
+            if not replaced:
+                pairs.append(("start", str(next_start)))
+                replaced = True
+        else:
+            pairs.append((key, value))
+    if not replaced:
+        pairs.append(("start", str(next_start)))
+    path = quote(unquote(request.path), safe="/")
+    return f"{request.url_root}{path}?{urlencode(pairs, quote_via=quote)}"

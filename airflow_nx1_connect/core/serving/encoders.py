@@ -1,0 +1,109 @@
+"""Encoders of the data API's bodies: JSON, CSV and NDJSON, from stored values.
+
+Rows are read as stored (`reads.read_raw_rows`) and turned into text by the converters of
+the one type table (`core.types`), so every format, and the admin view's preview, shows a
+value the same way. Whole-snapshot CSV and NDJSON are generators of encoded batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from airflow_nx1_connect.core import types
+from airflow_nx1_connect.core.types import Column
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; NaN and infinity (which JSON lacks) become null."""
+    try:
+        text = json.dumps(
+            value,
+            ensure_ascii=False,
+            allow_nan=False,
+            default=types.json_default,
+            separators=(",", ":"),
+        )
+    except ValueError:  # NaN or infinity in a REAL column: JSON has no such numbers
+        text = json.dumps(
+            _finite(value), ensure_ascii=False, default=types.json_default, separators=(",", ":")
+        )
+    return text.encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def csv_header(names: Sequence[str]) -> bytes:
+    """The CSV header line."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(names)
+    return buffer.getvalue().encode()
+
+
+def csv_encoder(columns: Sequence[Column]) -> Callable[[Iterable[Sequence[Any]]], bytes]:
+    """A CSV encoder of stored (undecoded) rows of these columns (see `core.types`)."""
+    converters = types.converters(columns, "csv")
+
+    def encode(rows: Iterable[Sequence[Any]]) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        if not converters:
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                values = list(row)
+                for i, convert in converters:
+                    if values[i] is not None:
+                        values[i] = convert(values[i])
+                writer.writerow(values)
+        return buffer.getvalue().encode()
+
+    return encode
+
+
+def json_converter(
+    columns: Sequence[Column],
+) -> Callable[[Sequence[Sequence[Any]]], list[list[Any]]]:
+    """Stored (undecoded) rows -> lists of the JSON values the API sends (see `core.types`)."""
+    converters = types.converters(columns, "json")
+
+    def convert(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        return types.convert_rows(rows, converters)
+
+    return convert
+
+
+def ndjson_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """Rows as NDJSON lines, one JSON object per row."""
+    return b"".join(dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows)
+
+
+def stream(
+    fmt: str,
+    names: Sequence[str],
+    first: Sequence[Sequence[Any]] | None,
+    batches: Iterator[Sequence[Sequence[Any]]],
+    csv_rows: Callable[[Iterable[Sequence[Any]]], bytes],
+    json_values: Callable[[Sequence[Sequence[Any]]], list[list[Any]]],
+) -> Iterator[bytes]:
+    """The whole snapshot as CSV or NDJSON, one encoded batch at a time."""
+    if fmt == "csv":
+        yield csv_header(names)
+    encode = csv_rows if fmt == "csv" else (lambda rows: ndjson_rows(names, json_values(rows)))
+    if first is None:
+        return
+    yield encode(first)
+    for batch in batches:
+        yield encode(batch)

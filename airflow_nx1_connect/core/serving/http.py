@@ -1,0 +1,297 @@
+"""HTTP plumbing of the data API, framework-free: request, response, problems, caching.
+
+`problem_for` is the one mapping from exceptions to statuses; every error is
+`application/problem+json` `{"type", "title", "status", "detail"}`. `finish` adds the
+validators and caching headers and answers 304 when the client's copy is current.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import sqlalchemy as sa
+
+from airflow_nx1_connect.core.clock import http_date
+from airflow_nx1_connect.core.errors import (
+    AuthError,
+    ConfigError,
+    Forbidden,
+    NotFound,
+    StoreNotMigrated,
+    StoreUnavailable,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+#: The methods every data API route answers (it is read-only).
+ALLOWED_METHODS = ("GET", "HEAD")
+PROBLEM_JSON = "application/problem+json"
+#: A snapshot's own URL never changes content.
+IMMUTABLE = "public, max-age=31536000, immutable"
+#: `latest`, the data API and its snapshot list change when a run publishes.
+SHORT_LIVED = "public, max-age=30"
+VARY = "Authorization, X-API-Key, Accept"
+RETRY_AFTER_S = "5"
+PROBLEM_BASE = "urn:nx1-connect:problem:"
+#: Request size limits, enforced here because not every server in front enforces one
+#: (uvicorn with httptools accepts a 10 MB header). Far above any real request.
+MAX_QUERY_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+
+
+@dataclass
+class Request:
+    """What the adapters pass in: framework-free and already decoded.
+
+    `url_root` is `scheme://host[:port]`; `path` the full request path (with any mount
+    prefix); `query` the decoded query parameters in order, repeats kept.
+    """
+
+    method: str
+    url_root: str
+    path: str
+    query: Sequence[tuple[str, str]] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.method = self.method.upper()
+        self.headers = {k.lower(): v for k, v in self.headers.items()}
+
+    def header(self, name: str) -> str | None:
+        """A request header (case-insensitive), or None."""
+        return self.headers.get(name.lower())
+
+
+@dataclass
+class Response:
+    """What the adapters send: a status, header pairs and a body (bytes or a byte iterator)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | Iterator[bytes] = b""
+
+    @property
+    def streaming(self) -> bool:
+        """True when the body is produced while it is sent (whole-snapshot CSV / NDJSON)."""
+        return not isinstance(self.body, bytes | bytearray)
+
+    def header(self, name: str) -> str | None:
+        """The first header called `name` (case-insensitive), or None."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class Problem(Exception):
+    """An HTTP problem raised inside this module (mapped by `problem_for`)."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = list(headers)
+
+
+def problem(
+    status: int, slug: str, title: str, detail: str, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """An `application/problem+json` response {"type", "title", "status", "detail"}."""
+    body = json.dumps(
+        {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail},
+        ensure_ascii=False,
+    ).encode()
+    return Response(
+        status,
+        [("Content-Type", PROBLEM_JSON), ("Cache-Control", "no-store"), *headers],
+        body,
+    )
+
+
+def route_not_found(request: Request) -> Response:
+    """The answer for a path under `{base}` that is no route of this API."""
+    return problem(
+        404,
+        "not-found",
+        "Not found",
+        "No such endpoint. The data API serves GET /data-apis/{name}, "
+        "/data-apis/{name}/latest, /data-apis/{name}/snapshots and "
+        "/data-apis/{name}/snapshots/{snapshot_id}.",
+    )
+
+
+def method_not_allowed(request: Request) -> Response:
+    """The answer for a known path asked with a method other than GET or HEAD."""
+    return problem(
+        405,
+        "method-not-allowed",
+        "Method not allowed",
+        f"{request.method} is not allowed here: this API is read-only; use GET.",
+        [("Allow", ", ".join(ALLOWED_METHODS))],
+    )
+
+
+def bad_request(detail: str) -> Response:
+    """A 400 problem (adapters use it for their framework's own validation errors)."""
+    return problem(400, "invalid-parameter", "Invalid request", detail)
+
+
+def http_error(request: Request, status: int, detail: str | None = None) -> Response:
+    """A framework's own HTTP error (routing, parsing) as the same problem+json."""
+    if status == 404:
+        return route_not_found(request)
+    if status == 405:
+        return method_not_allowed(request)
+    if status == 400:
+        return bad_request(detail or "The request could not be read.")
+    if 400 <= status < 500:
+        return problem(status, "client-error", HTTPStatus(status).phrase, detail or "")
+    return error_response(RuntimeError(detail or f"HTTP {status}"))
+
+
+def error_response(exc: BaseException) -> Response:
+    """The problem+json response for an exception (the one mapping, see `problem_for`)."""
+    return problem_for(exc)
+
+
+def refuse_oversized(request: Request) -> None:
+    """414 for a query string, 431 for headers, larger than any real request needs."""
+    if sum(len(k) + len(v) + 2 for k, v in request.query) > MAX_QUERY_BYTES:
+        raise Problem(
+            414,
+            "uri-too-long",
+            "URI too long",
+            f"The query string is longer than {MAX_QUERY_BYTES} bytes; ask for fewer columns "
+            "or page with start and limit.",
+        )
+    if sum(len(k) + len(v) + 4 for k, v in request.headers.items()) > MAX_HEADER_BYTES:
+        raise Problem(
+            431,
+            "headers-too-large",
+            "Request header fields too large",
+            f"The request headers are larger than {MAX_HEADER_BYTES} bytes; send only the "
+            "Authorization or X-API-Key header and the usual ones.",
+        )
+
+
+def close_body(body: bytes | Iterator[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+def problem_for(exc: BaseException) -> Response:
+    """The single mapping from exceptions to problem+json responses."""
+    if isinstance(exc, Problem):
+        return problem(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
+    if isinstance(exc, AuthError):
+        if exc.missing:
+            return problem(
+                401,
+                "missing-key",
+                "Data API key required",
+                "Send the data API key in an 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>' header.",
+                [("WWW-Authenticate", "Bearer")],
+            )
+        log.info("Data API key refused: %s", exc.reason)
+        return problem(
+            401,
+            "invalid-key",
+            "Invalid data API key",
+            "The data API key is unknown, malformed, expired or revoked. Ask the data API's "
+            "owner for a valid key.",
+            [("WWW-Authenticate", 'Bearer error="invalid_token"')],
+        )
+    if isinstance(exc, Forbidden):
+        return problem(
+            403,
+            "forbidden",
+            "Key not valid for this data API",
+            "This key belongs to another data API; each key reads exactly one data API.",
+        )
+    if isinstance(exc, ValidationError):
+        return problem(400, "invalid-parameter", "Invalid request", str(exc))
+    if isinstance(exc, NotFound):
+        return problem(404, "not-found", "Not found", str(exc))
+    if isinstance(exc, StoreUnavailable | StoreNotMigrated | ConfigError | sa.exc.SQLAlchemyError):
+        log.warning("Snapshot store unavailable: %s", one_line(exc))
+        return problem(
+            503,
+            "store-unavailable",
+            "Snapshot store unavailable",
+            "The snapshot store cannot be reached right now; try again in a few seconds.",
+            [("Retry-After", RETRY_AFTER_S)],
+        )
+    log.exception("Unexpected error while serving a data API request")
+    return problem(
+        500,
+        "internal-error",
+        "Internal error",
+        "The server failed to answer this request; the error is in its log.",
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def etag_for(*parts: Any) -> str:
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def not_modified(request: Request, etag: str, last_modified: dt.datetime | None) -> bool:
+    if_none_match = request.header("if-none-match")
+    if if_none_match is not None:
+        tags = [t.strip() for t in if_none_match.split(",")]
+        return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+    since = request.header("if-modified-since")
+    if since and last_modified is not None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(since)
+        except (TypeError, ValueError, IndexError):
+            return False
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return last_modified.replace(microsecond=0) <= parsed
+    return False
+
+
+def finish(
+    request: Request,
+    *,
+    etag: str,
+    last_modified: dt.datetime | None,
+    cache_control: str,
+    media_type: str,
+    body: Callable[[], bytes | Iterator[bytes]],
+    extra: Sequence[tuple[str, str]] = (),
+) -> Response:
+    """A 200 with validators and caching headers, or a 304 when the client's copy is current."""
+    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", VARY)]
+    if not_modified(request, etag, last_modified):
+        # RFC 9110 15.4.5: the validators and caching headers a 200 would carry, no body.
+        return Response(304, headers, b"")
+    if last_modified is not None:
+        headers.append(("Last-Modified", http_date(last_modified)))
+    return Response(200, [("Content-Type", media_type), *headers, *extra], body())

@@ -1,0 +1,83 @@
+"""Pydantic models of the data API's JSON bodies: the source of the OpenAPI schemas.
+
+`core.serving` builds the bodies; these models describe them, and the contract tests
+validate real responses against the OpenAPI document generated from them (schemathesis),
+so the document cannot drift from what is sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from airflow_nx1_connect.core.store import KINDS
+from airflow_nx1_connect.core.types import FAMILIES
+
+Family = Literal[FAMILIES]  # type: ignore[valid-type]
+Kind = Literal[KINDS]  # type: ignore[valid-type]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class SnapshotSummary(BaseModel):
+    """A published snapshot, without its rows."""
+
+    id: str
+    run_id: str | None
+    data_interval_end: dt.datetime | None
+    published_at: dt.datetime | None
+    row_count: int | None
+
+
+class Column(BaseModel):
+    """A column of the latest snapshot and its type family."""
+
+    name: str
+    type: Family
+
+
+class DataApi(BaseModel):
+    """A data API: what it serves and its latest snapshot."""
+
+    name: str
+    kind: Kind
+    description: str | None
+    question: str | None
+    created_at: dt.datetime
+    latest_snapshot: SnapshotSummary | None
+    columns: list[Column]
+
+
+class SnapshotList(BaseModel):
+    """Retained published snapshots of a data API, newest first."""
+
+    data_api: str
+    snapshots: list[SnapshotSummary]
+
+
+class RowsData(BaseModel):
+    """One page of rows."""
+
+    start: int = Field(ge=0)
+    row_count: int = Field(ge=0, description="Rows in this page.")
+    columns: list[str]
+    column_types: list[Family]
+    next_start: int | None = Field(description="start of the next page; null on the last.")
+    data: list[list[Any]]
+
+
+class RowsPage(BaseModel):
+    """A JSON page of a snapshot's rows."""
+
+    data_api: str
+    snapshot: SnapshotSummary
+    data: RowsData
