@@ -13,8 +13,9 @@ slower.
 Verification compares digests, never secrets: the store finds the row whose hash equals
 the SHA-256 of the presented key through the unique index. An attacker cannot choose the
 bytes of a digest, so timing differences in that comparison reveal nothing about any
-stored key, and no constant-time compare is needed. (Reading the hash back to compare it
-with `hmac.compare_digest` would put it in result rows, which SQLAlchemy logs at DEBUG.)
+stored key, and no constant-time compare is needed. The lookup is one plain SQL query on
+the driver's cursor (`_lookup`): it runs on every request, so it builds no SQLAlchemy
+statement, and only the record columns come back (never the hash).
 
 There is deliberately no in-process cache: every `verify_key` reads the key's row, so a
 revocation or expiry is seen at once by every process sharing the store.

@@ -391,6 +391,8 @@ def test_key_to_dict(apis):
         "last_used": None,
         "revoked": None,
         "status": "active",
+        "scopes": ["read"],
+        "rate_limit": None,
     }
     assert keys.key_to_dict(created.key, now=T0 + dt.timedelta(days=3))["status"] == "expired"
 
