@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_nx1_connect import __version__
-from airflow_nx1_connect.core.settings import OPTIONS, SECTION
+from airflow_nx1_connect.core.settings import OPTIONS, SECTION, SENSITIVE
+
+_INTEGERS = {"snapshot_retention", "default_page_size", "max_page_size", "max_key_days"}
+_EXAMPLES = {"sql_alchemy_conn": "postgresql+psycopg://user:pass@host:5432/nx1"}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -14,12 +17,11 @@ def get_provider_info() -> dict[str, Any]:
         name: {
             "description": description,
             "version_added": "0.1.0",
-            "type": "string" if name == "sql_alchemy_conn" else "integer",
-            "example": "postgresql+psycopg://user:pass@host:5432/nx1"
-            if name == "sql_alchemy_conn"
-            else None,
+            "type": "integer" if name in _INTEGERS else "string",
+            "example": _EXAMPLES.get(name),
+            # Airflow fills `{AIRFLOW_HOME}` in, so `airflow config get-value` shows the URL.
             "default": default,
-            **({"sensitive": True} if name == "sql_alchemy_conn" else {}),
+            **({"sensitive": True} if name in SENSITIVE else {}),
         }
         for name, (default, description) in OPTIONS.items()
     }

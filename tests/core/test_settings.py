@@ -1,6 +1,11 @@
-"""`[nx1_connect]` settings: defaults, environment overrides, airflow.cfg, validation."""
+"""`[nx1_connect]` settings: defaults, environment overrides, airflow.cfg, validation.
+
+`_cmd`, `_secret` and the agreement with Airflow's own parser: test_settings_airflow.py.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -12,14 +17,9 @@ from airflow_nx1_connect.core.settings import get_settings
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
-    for key in (
-        "SQL_ALCHEMY_CONN",
-        "SNAPSHOT_RETENTION",
-        "DEFAULT_PAGE_SIZE",
-        "MAX_PAGE_SIZE",
-        "MAX_KEY_DAYS",
-    ):
-        monkeypatch.delenv(f"AIRFLOW__NX1_CONNECT__{key}", raising=False)
+    for key in list(os.environ):
+        if key.startswith(("AIRFLOW__NX1_CONNECT__", "AIRFLOW__SECRETS__")):
+            monkeypatch.delenv(key)
     return tmp_path
 
 
@@ -32,6 +32,20 @@ def test_defaults(home):
         10000,
         365,
     )
+
+
+def test_an_empty_store_url_means_the_default(home, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", "")
+    assert get_settings().sql_alchemy_conn == f"sqlite:///{home / 'nx1_connect.db'}"
+
+
+def test_environment_values_are_expanded_as_airflow_does(home, monkeypatch):
+    """Airflow expands `$VAR` and `~` in AIRFLOW__<SECTION>__<KEY> values; so do we."""
+    monkeypatch.setenv("NX1_TEST_STORE_DIR", str(home / "stores"))
+    monkeypatch.setenv(
+        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", "sqlite:///$NX1_TEST_STORE_DIR/a.db"
+    )
+    assert get_settings().sql_alchemy_conn == f"sqlite:///{home / 'stores' / 'a.db'}"
 
 
 def test_environment_overrides_are_read_when_used(home, monkeypatch):
@@ -70,7 +84,6 @@ def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):
 
 
 def test_current_settings_follows_environment_and_airflow_cfg(home, monkeypatch):
-    import os
     import time
 
     from airflow_nx1_connect.core.settings import current_settings
@@ -87,3 +100,13 @@ def test_current_settings_follows_environment_and_airflow_cfg(home, monkeypatch)
     later = time.time() + 5
     os.utime(cfg, (later, later))  # a new mtime even on coarse clocks
     assert current_settings().max_page_size == 4000
+
+
+def test_current_settings_without_cpythons_environ_dict(home, monkeypatch):
+    """The portable way of reading the environment sees changes too."""
+    from airflow_nx1_connect.core import settings
+
+    monkeypatch.setattr(settings, "_ENV_KEYS", None)
+    assert settings.current_settings().max_key_days == 365
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_KEY_DAYS", "7")
+    assert settings.current_settings().max_key_days == 7
