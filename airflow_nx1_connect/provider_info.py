@@ -7,8 +7,24 @@ from typing import Any
 from airflow_nx1_connect import __version__
 from airflow_nx1_connect.core.settings import OPTIONS, SECTION, SENSITIVE
 
-_INTEGERS = {"snapshot_retention", "default_page_size", "max_page_size", "max_key_days"}
-_EXAMPLES = {"sql_alchemy_conn": "postgresql+psycopg://user:pass@host:5432/nx1"}
+_INTEGERS = {
+    "snapshot_retention",
+    "default_page_size",
+    "max_page_size",
+    "max_key_days",
+    "default_rate_limit",
+}
+_EXAMPLES = {
+    "sql_alchemy_conn": "postgresql+psycopg://user:pass@host:5432/nx1",
+    "cors_allowed_origins": "https://app.example.com,https://admin.example.com",
+    "default_rate_limit": "600",
+    "rate_limit_storage": "redis://127.0.0.1:6379/0",
+}
+_VERSION_ADDED = {
+    "cors_allowed_origins": "0.2.0",
+    "default_rate_limit": "0.2.0",
+    "rate_limit_storage": "0.2.0",
+}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -16,7 +32,7 @@ def get_provider_info() -> dict[str, Any]:
     options = {
         name: {
             "description": description,
-            "version_added": "0.1.0",
+            "version_added": _VERSION_ADDED.get(name, "0.1.0"),
             "type": "integer" if name in _INTEGERS else "string",
             "example": _EXAMPLES.get(name),
             # Airflow fills `{AIRFLOW_HOME}` in, so `airflow config get-value` shows the URL.

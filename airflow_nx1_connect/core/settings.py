@@ -4,8 +4,8 @@ Airflow's rules, in Airflow's order (`AirflowConfigParser.get`), for every reade
 api-server, admin view, CLI):
 
 1. the environment variable `AIRFLOW__NX1_CONNECT__<KEY>` (`$VAR` and `~` expanded);
-2. for a sensitive option (`sql_alchemy_conn`: marked so in the provider info),
-   `AIRFLOW__NX1_CONNECT__<KEY>_CMD` (a command; its output is the value), then
+2. for a sensitive option (`sql_alchemy_conn`, `rate_limit_storage`: marked so in the provider
+   info), `AIRFLOW__NX1_CONNECT__<KEY>_CMD` (a command; its output is the value), then
    `AIRFLOW__NX1_CONNECT__<KEY>_SECRET` (a config key looked up in Airflow's configured
    secrets backend, `[secrets] backend`);
 3. the `[nx1_connect]` section of airflow.cfg (`$AIRFLOW_CONFIG`, else
@@ -53,10 +53,26 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "default_page_size": ("1000", "Rows per JSON page when a request gives no limit."),
     "max_page_size": ("10000", "Largest limit a request may ask for."),
     "max_key_days": ("365", "Longest validity, in days, of a data API key."),
+    "cors_allowed_origins": (
+        "",
+        "Comma list of origins allowed to call the data API from a browser (CORS); "
+        "* allows any. Empty: no CORS headers.",
+    ),
+    "default_rate_limit": (
+        "0",
+        "Requests per minute allowed to a data API key that sets no rate limit of its own; "
+        "0 means no limit.",
+    ),
+    "rate_limit_storage": (
+        "memory://",
+        "Where rate limit counters live: memory:// (per process) or e.g. "
+        "redis://127.0.0.1:6379/0 to share them between processes. "
+        "Sensitive: may be given as rate_limit_storage_cmd or rate_limit_storage_secret.",
+    ),
 }
 
 #: Options that Airflow treats as sensitive (hidden, masked in logs, `_cmd`/`_secret` allowed).
-SENSITIVE: frozenset[str] = frozenset({"sql_alchemy_conn"})
+SENSITIVE: frozenset[str] = frozenset({"sql_alchemy_conn", "rate_limit_storage"})
 
 _ENV_PREFIX = f"AIRFLOW__{SECTION.upper()}__"
 
@@ -211,15 +227,22 @@ class Settings:
     default_page_size: int
     max_page_size: int
     max_key_days: int
+    cors_allowed_origins: tuple[str, ...] = ()
+    default_rate_limit: int = 0
+    rate_limit_storage: str = "memory://"
 
 
 def _settings(values: dict[str, str]) -> Settings:
+    origins = (o.strip() for o in values["cors_allowed_origins"].split(","))
     settings = Settings(
         sql_alchemy_conn=values["sql_alchemy_conn"] or default_store_url(),
         snapshot_retention=_whole_number(values, "snapshot_retention"),
         default_page_size=_whole_number(values, "default_page_size"),
         max_page_size=_whole_number(values, "max_page_size"),
         max_key_days=_whole_number(values, "max_key_days"),
+        cors_allowed_origins=tuple(dict.fromkeys(o for o in origins if o)),
+        default_rate_limit=_whole_number(values, "default_rate_limit", minimum=0),
+        rate_limit_storage=values["rate_limit_storage"] or OPTIONS["rate_limit_storage"][0],
     )
     if settings.default_page_size > settings.max_page_size:
         raise ConfigError(

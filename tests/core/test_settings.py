@@ -32,11 +32,33 @@ def test_defaults(home):
         10000,
         365,
     )
+    assert (s.cors_allowed_origins, s.default_rate_limit, s.rate_limit_storage) == (
+        (),
+        0,
+        "memory://",
+    )
 
 
-def test_an_empty_store_url_means_the_default(home, monkeypatch):
+def test_empty_values_mean_the_defaults(home, monkeypatch):
     monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", "")
-    assert get_settings().sql_alchemy_conn == f"sqlite:///{home / 'nx1_connect.db'}"
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__RATE_LIMIT_STORAGE", " ")
+    s = get_settings()
+    assert s.sql_alchemy_conn == f"sqlite:///{home / 'nx1_connect.db'}"
+    assert s.rate_limit_storage == "memory://"
+
+
+def test_version_2_options(home, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW__NX1_CONNECT__CORS_ALLOWED_ORIGINS",
+        " https://app.example.com , *,https://app.example.com,, ",
+    )
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__DEFAULT_RATE_LIMIT", "600")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__RATE_LIMIT_STORAGE", "redis://127.0.0.1:6379/0")
+    s = get_settings()
+    assert s.cors_allowed_origins == ("https://app.example.com", "*")
+    assert (s.default_rate_limit, s.rate_limit_storage) == (600, "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__DEFAULT_RATE_LIMIT", "0")
+    assert get_settings().default_rate_limit == 0
 
 
 def test_environment_values_are_expanded_as_airflow_does(home, monkeypatch):
@@ -75,6 +97,8 @@ def test_airflow_cfg_is_read_and_environment_wins(home, monkeypatch):
         ("SNAPSHOT_RETENTION", "zero", "whole number"),
         ("MAX_KEY_DAYS", "0", "at least 1"),
         ("DEFAULT_PAGE_SIZE", "20000", "must not exceed"),
+        ("DEFAULT_RATE_LIMIT", "-1", "at least 0"),
+        ("DEFAULT_RATE_LIMIT", "many", "whole number"),
     ],
 )
 def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):

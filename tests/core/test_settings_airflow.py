@@ -227,6 +227,14 @@ def bump_mtime(path: Path) -> None:
     os.utime(path, ns=(later, later))
 
 
+def test_rate_limit_storage_is_sensitive_too(clean_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv(
+        "AIRFLOW__NX1_CONNECT__RATE_LIMIT_STORAGE_CMD", "echo redis://:pw@127.0.0.1:6379/0"
+    )
+    assert get_settings().rate_limit_storage == "redis://:pw@127.0.0.1:6379/0"
+
+
 def test_a_command_runs_once_per_inputs(clean_env, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     counter = tmp_path / "runs.txt"
@@ -261,11 +269,13 @@ def test_without_airflow_a_cmd_is_an_error_not_the_default(clean_env, tmp_path, 
         get_settings()
 
 
-def test_airflow_treats_the_store_url_as_sensitive(tmp_path):
+def test_airflow_treats_the_store_url_and_rate_limit_storage_as_sensitive(tmp_path):
     from airflow.configuration import AIRFLOW_HOME, AirflowConfigParser
 
     parser = AirflowConfigParser()
-    assert (SECTION, "sql_alchemy_conn") in parser.sensitive_config_values
+    assert {(SECTION, "sql_alchemy_conn"), (SECTION, "rate_limit_storage")} <= (
+        parser.sensitive_config_values
+    )
     assert (SECTION, "max_key_days") not in parser.sensitive_config_values
     assert parser.get_default_value(SECTION, "sql_alchemy_conn") == (
         f"sqlite:///{AIRFLOW_HOME}/nx1_connect.db"
@@ -277,14 +287,14 @@ def test_airflow_treats_the_store_url_as_sensitive(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 PLAIN_CASES = {
-    "values": f"[{SECTION}]\nmax_key_days = 30\n",
+    "values": f"[{SECTION}]\nmax_key_days = 30\ncors_allowed_origins = https://a.example\n",
     "percent": f"[{SECTION}]\nsql_alchemy_conn = postgresql://u:p%%40ss@h/db?x=%%3D\n",
     "interpolation": f"[{SECTION}]\nbase = 7\nsnapshot_retention = %(base)s\n",
     "env vars": f"[{SECTION}]\nsql_alchemy_conn = sqlite:///$NX1_TEST_DIR/${{NX1_TEST_DIR}}.db\n",
     "home": f"[{SECTION}]\nsql_alchemy_conn = sqlite:///~/nx1.db\n",
     "upper case name": f"[{SECTION}]\nMAX_KEY_DAYS = 3\n",
     "default section": f"[DEFAULT]\nmax_page_size = 20000\n[{SECTION}]\n",
-    "empty": f"[{SECTION}]\nsql_alchemy_conn =\n",
+    "empty": f"[{SECTION}]\nsql_alchemy_conn =\nrate_limit_storage =\n",
     "no section": "[core]\nload_examples = False\n",
     "value beats _cmd": f"[{SECTION}]\nsql_alchemy_conn = sqlite:///v\nsql_alchemy_conn_cmd = no\n",
     "not sensitive: no _cmd": f"[{SECTION}]\nmax_key_days_cmd = echo 7\n",
