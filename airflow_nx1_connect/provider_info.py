@@ -5,7 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_nx1_connect import __version__
-from airflow_nx1_connect.core.settings import OPTIONS, SECTION
+from airflow_nx1_connect.core.settings import OPTIONS, SECTION, SENSITIVE
+
+_INTEGERS = {
+    "snapshot_retention",
+    "default_page_size",
+    "max_page_size",
+    "max_key_days",
+    "default_rate_limit",
+}
+_EXAMPLES = {
+    "sql_alchemy_conn": "postgresql+psycopg://user:pass@host:5432/nx1",
+    "cors_allowed_origins": "https://app.example.com,https://admin.example.com",
+    "default_rate_limit": "600",
+    "rate_limit_storage": "redis://127.0.0.1:6379/0",
+}
+_VERSION_ADDED = {
+    "cors_allowed_origins": "0.2.0",
+    "default_rate_limit": "0.2.0",
+    "rate_limit_storage": "0.2.0",
+}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -13,13 +32,12 @@ def get_provider_info() -> dict[str, Any]:
     options = {
         name: {
             "description": description,
-            "version_added": "0.1.0",
-            "type": "string" if name == "sql_alchemy_conn" else "integer",
-            "example": "postgresql+psycopg://user:pass@host:5432/nx1"
-            if name == "sql_alchemy_conn"
-            else None,
+            "version_added": _VERSION_ADDED.get(name, "0.1.0"),
+            "type": "integer" if name in _INTEGERS else "string",
+            "example": _EXAMPLES.get(name),
+            # Airflow fills `{AIRFLOW_HOME}` in, so `airflow config get-value` shows the URL.
             "default": default,
-            **({"sensitive": True} if name == "sql_alchemy_conn" else {}),
+            **({"sensitive": True} if name in SENSITIVE else {}),
         }
         for name, (default, description) in OPTIONS.items()
     }

@@ -158,7 +158,7 @@ def test_readme_configuration_table_matches_settings() -> None:
         if default:
             assert table[name] == f"`{default}`", f"{name}: README says {table[name]}"
         else:
-            assert "nx1_connect.db" in table[name], f"{name}: the embedded default is missing"
+            assert table[name].startswith("empty"), f"{name}: README says {table[name]}"
 
 
 def test_readme_images_exist() -> None:

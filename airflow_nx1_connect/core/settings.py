@@ -1,15 +1,38 @@
-"""The `[nx1_connect]` configuration section, read when used, never at import.
+"""The `[nx1_connect]` configuration section, resolved by Airflow's rules, read when used.
 
-Precedence, as in Airflow: the environment variable `AIRFLOW__NX1_CONNECT__<KEY>`, then
-the `[nx1_connect]` section of `airflow.cfg` (`$AIRFLOW_CONFIG`, else
-`$AIRFLOW_HOME/airflow.cfg`), then the defaults below. This module reads the file itself
-so that the core never has to import Airflow.
+Airflow's rules, in Airflow's order (`AirflowConfigParser.get`), for every reader (operator,
+api-server, admin view, CLI):
+
+1. the environment variable `AIRFLOW__NX1_CONNECT__<KEY>` (`$VAR` and `~` expanded);
+2. for a sensitive option (`sql_alchemy_conn`, `rate_limit_storage`: marked so in the provider
+   info), `AIRFLOW__NX1_CONNECT__<KEY>_CMD` (a command; its output is the value), then
+   `AIRFLOW__NX1_CONNECT__<KEY>_SECRET` (a config key looked up in Airflow's configured
+   secrets backend, `[secrets] backend`);
+3. the `[nx1_connect]` section of airflow.cfg (`$AIRFLOW_CONFIG`, else
+   `$AIRFLOW_HOME/airflow.cfg`);
+4. for a sensitive option, `<key>_cmd`, then `<key>_secret` in that section;
+5. the defaults in `OPTIONS` (the provider's defaults; `{AIRFLOW_HOME}` is filled in).
+
+The core has no Airflow imports; this module has one, lazily, inside `_airflow_values`: when a
+`_CMD`/`_SECRET` (environment) or `_cmd`/`_secret` (airflow.cfg) can decide an option, that
+option is asked of Airflow's own `AirflowConfigParser` (reading the current airflow.cfg), so
+commands, secrets backends and their precedence are exactly Airflow's. Otherwise only rules 1,
+3 and 5 can apply, and this module applies them itself as Airflow's parser does (option names
+case-sensitive, `%` interpolation, `$VAR`/`~` expansion): importing the package, the CLI and
+the per-request path never pay seconds for importing Airflow. If Airflow cannot be imported,
+an option that needs it is a `ConfigError`, never a silent fallback to the default.
+
+Resolved values are kept per inputs: the `AIRFLOW__NX1_CONNECT__*` variables (with `_CMD` and
+`_SECRET`), `AIRFLOW_HOME`, `AIRFLOW_CONFIG`, the `[secrets]` backend variables, and the config
+file's path and modification time. A changed input is seen on the next call; a command runs
+once per process and inputs, not per call.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,56 +41,180 @@ from airflow_nx1_connect.core.errors import ConfigError
 SECTION = "nx1_connect"
 
 #: Option name -> (default as text, description). The provider info is built from this.
+#: `{AIRFLOW_HOME}` in a default is filled in as Airflow does for provider defaults.
 OPTIONS: dict[str, tuple[str, str]] = {
     "sql_alchemy_conn": (
-        "",
-        "SQLAlchemy URL of the snapshot store. Empty means a SQLite file "
-        "nx1_connect.db inside AIRFLOW_HOME. Use postgresql+psycopg://... in production.",
+        "sqlite:///{AIRFLOW_HOME}/nx1_connect.db",
+        "SQLAlchemy URL of the snapshot store (empty also means the default, a SQLite file "
+        "nx1_connect.db inside AIRFLOW_HOME). Use postgresql+psycopg://... in production. "
+        "Sensitive: may be given as sql_alchemy_conn_cmd or sql_alchemy_conn_secret.",
     ),
     "snapshot_retention": ("5", "Published snapshots kept per data API; older ones are dropped."),
     "default_page_size": ("1000", "Rows per JSON page when a request gives no limit."),
     "max_page_size": ("10000", "Largest limit a request may ask for."),
     "max_key_days": ("365", "Longest validity, in days, of a data API key."),
+    "cors_allowed_origins": (
+        "",
+        "Comma list of origins allowed to call the data API from a browser (CORS); "
+        "* allows any. Empty: no CORS headers.",
+    ),
+    "default_rate_limit": (
+        "0",
+        "Requests per minute allowed to a data API key that sets no rate limit of its own; "
+        "0 means no limit.",
+    ),
+    "rate_limit_storage": (
+        "memory://",
+        "Where rate limit counters live: memory:// (per process) or e.g. "
+        "redis://127.0.0.1:6379/0 to share them between processes. "
+        "Sensitive: may be given as rate_limit_storage_cmd or rate_limit_storage_secret.",
+    ),
 }
+
+#: Options that Airflow treats as sensitive (hidden, masked in logs, `_cmd`/`_secret` allowed).
+SENSITIVE: frozenset[str] = frozenset({"sql_alchemy_conn", "rate_limit_storage"})
+
+_ENV_PREFIX = f"AIRFLOW__{SECTION.upper()}__"
+
+
+def _env_name(option: str) -> str:
+    return f"{_ENV_PREFIX}{option.upper()}"
+
+
+def _expand(value: str) -> str:
+    """`$VAR` and `~` expanded until nothing changes, as Airflow's `expand_env_var`."""
+    while True:
+        expanded = os.path.expanduser(os.path.expandvars(value))
+        if expanded == value:
+            return expanded
+        value = expanded
+
+
+def _airflow_home_text() -> str:
+    return _expand(os.environ.get("AIRFLOW_HOME") or "~/airflow")
 
 
 def airflow_home() -> Path:
     """The Airflow home folder (`$AIRFLOW_HOME`, default `~/airflow`)."""
-    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow").expanduser()
+    return Path(_airflow_home_text())
 
 
 def _config_file() -> Path:
     explicit = os.environ.get("AIRFLOW_CONFIG")
-    return Path(explicit).expanduser() if explicit else airflow_home() / "airflow.cfg"
+    return Path(_expand(explicit)) if explicit else airflow_home() / "airflow.cfg"
 
 
-def _raw(option: str) -> str:
-    env = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{option.upper()}")
-    if env is not None:
-        return env.strip()
+def default_store_url() -> str:
+    """The embedded default store: a SQLite file inside AIRFLOW_HOME."""
+    return OPTIONS["sql_alchemy_conn"][0].format(AIRFLOW_HOME=_airflow_home_text())
+
+
+def _default(option: str) -> str:
+    return default_store_url() if option == "sql_alchemy_conn" else OPTIONS[option][0]
+
+
+class _FileParser(configparser.ConfigParser):
+    """Reads airflow.cfg as Airflow's parser does: `%` interpolation, case-kept option names."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+def _read_config_file(path: Path) -> _FileParser | None:
+    if not path.is_file():
+        return None
+    parser = _FileParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read {path}: {exc}. Fix the file's syntax.") from None
+    return parser
+
+
+def _needs_airflow(option: str, file: _FileParser | None) -> bool:
+    """Whether a `_CMD`/`_SECRET` or `_cmd`/`_secret` can decide `option` (rules 2 and 4)."""
+    if option not in SENSITIVE:
+        return False  # Airflow ignores them for an option that is not sensitive
+    name = _env_name(option)
+    if f"{name}_CMD" in os.environ or f"{name}_SECRET" in os.environ:
+        return True
+    if file is None or file.has_option(SECTION, option):
+        return False
+    return any(file.has_option(SECTION, f"{option}{suffix}") for suffix in ("_cmd", "_secret"))
+
+
+def _airflow_values(path: Path, options: list[str]) -> dict[str, str]:
+    """Ask Airflow's own parser, reading the current airflow.cfg, for `options`.
+
+    The only Airflow import of the core, done here, lazily: Airflow runs the `_cmd`s and asks
+    its configured secrets backend for the `_secret`s, exactly as for its own options.
+    """
+    names = ", ".join(options)
+    try:
+        from airflow.configuration import AirflowConfigParser, expand_env_var
+    except ImportError:
+        raise ConfigError(
+            f"[{SECTION}] {names}: a _cmd or _secret is set, which only Airflow can resolve, "
+            f"but Airflow cannot be imported. Set AIRFLOW__{SECTION.upper()}__<KEY> instead."
+        ) from None
+    try:
+        parser = AirflowConfigParser()
+        if path.is_file():
+            parser.read(str(path))
+        values: dict[str, str] = {}
+        for option in options:
+            value = parser.get(SECTION, option, fallback=None)
+            airflow_default = parser.get_default_value(SECTION, option)
+            if value is None or (
+                airflow_default is not None and value == expand_env_var(str(airflow_default))
+            ):
+                # Airflow fills `{AIRFLOW_HOME}` in once, at its import; this is today's home.
+                value = _default(option)
+            values[option] = value
+    except Exception as exc:  # a failing command, an unreachable secrets backend, ...
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ConfigError(f"[{SECTION}] {names}: Airflow could not resolve it: {detail}") from None
+    return values
+
+
+def _resolve() -> dict[str, str]:
+    """Every option's text, by the rules in the module docstring."""
     path = _config_file()
-    if path.is_file():
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(path, encoding="utf-8")
-        except configparser.Error as exc:  # pragma: no cover - a broken airflow.cfg
-            raise ConfigError(f"Cannot read {path}: {exc}. Fix the file's syntax.") from exc
-        if parser.has_option(SECTION, option):
-            return parser.get(SECTION, option).strip()
-    return OPTIONS[option][0]
+    file = _read_config_file(path)
+    values: dict[str, str] = {}
+    for_airflow: list[str] = []
+    for option in OPTIONS:
+        name = _env_name(option)
+        if name in os.environ:
+            values[option] = _expand(os.environ[name])
+        elif _needs_airflow(option, file):
+            for_airflow.append(option)
+        elif file is not None and file.has_option(SECTION, option):
+            try:
+                values[option] = _expand(file.get(SECTION, option))
+            except configparser.Error as exc:
+                raise ConfigError(
+                    f"Cannot read [{SECTION}] {option} in {path}: {exc}. "
+                    "Write a literal % as %%, as everywhere in airflow.cfg."
+                ) from None
+        else:
+            values[option] = _default(option)
+    if for_airflow:
+        values.update(_airflow_values(path, for_airflow))
+    return {option: value.strip() for option, value in values.items()}
 
 
-def _positive_int(option: str) -> int:
-    text = _raw(option)
+def _whole_number(values: dict[str, str], option: str, minimum: int = 1) -> int:
+    text = values[option]
     try:
         value = int(text)
     except ValueError:
         raise ConfigError(
             f"[{SECTION}] {option} must be a whole number, got {text!r}; "
-            f"set AIRFLOW__{SECTION.upper()}__{option.upper()} to e.g. {OPTIONS[option][0]}."
+            f"set {_env_name(option)} to e.g. {OPTIONS[option][0]}."
         ) from None
-    if value < 1:
-        raise ConfigError(f"[{SECTION}] {option} must be at least 1, got {value}.")
+    if value < minimum:
+        raise ConfigError(f"[{SECTION}] {option} must be at least {minimum}, got {value}.")
     return value
 
 
@@ -80,21 +227,22 @@ class Settings:
     default_page_size: int
     max_page_size: int
     max_key_days: int
+    cors_allowed_origins: tuple[str, ...] = ()
+    default_rate_limit: int = 0
+    rate_limit_storage: str = "memory://"
 
 
-def default_store_url() -> str:
-    """The embedded default store: a SQLite file inside AIRFLOW_HOME."""
-    return f"sqlite:///{airflow_home() / 'nx1_connect.db'}"
-
-
-def get_settings() -> Settings:
-    """Read and validate `[nx1_connect]` now (environment, airflow.cfg, defaults)."""
+def _settings(values: dict[str, str]) -> Settings:
+    origins = (o.strip() for o in values["cors_allowed_origins"].split(","))
     settings = Settings(
-        sql_alchemy_conn=_raw("sql_alchemy_conn") or default_store_url(),
-        snapshot_retention=_positive_int("snapshot_retention"),
-        default_page_size=_positive_int("default_page_size"),
-        max_page_size=_positive_int("max_page_size"),
-        max_key_days=_positive_int("max_key_days"),
+        sql_alchemy_conn=values["sql_alchemy_conn"] or default_store_url(),
+        snapshot_retention=_whole_number(values, "snapshot_retention"),
+        default_page_size=_whole_number(values, "default_page_size"),
+        max_page_size=_whole_number(values, "max_page_size"),
+        max_key_days=_whole_number(values, "max_key_days"),
+        cors_allowed_origins=tuple(dict.fromkeys(o for o in origins if o)),
+        default_rate_limit=_whole_number(values, "default_rate_limit", minimum=0),
+        rate_limit_storage=values["rate_limit_storage"] or OPTIONS["rate_limit_storage"][0],
     )
     if settings.default_page_size > settings.max_page_size:
         raise ConfigError(
@@ -104,26 +252,77 @@ def get_settings() -> Settings:
     return settings
 
 
-_cached: tuple[tuple[object, ...], Settings] | None = None
+#: The environment variables that are inputs of the resolution (see the module docstring).
+#: `_CMD`/`_SECRET` count for the sensitive options only: Airflow ignores them for the others.
+_ENV_INPUTS: tuple[str, ...] = (
+    "AIRFLOW_HOME",
+    "AIRFLOW_CONFIG",
+    "AIRFLOW__SECRETS__BACKEND",
+    "AIRFLOW__SECRETS__BACKEND_KWARGS",
+    *(_env_name(option) for option in OPTIONS),
+    *(f"{_env_name(option)}{end}" for option in sorted(SENSITIVE) for end in ("_CMD", "_SECRET")),
+)
+_encodekey = getattr(os.environ, "encodekey", None)
+_ENV_KEYS = tuple(_encodekey(n) for n in _ENV_INPUTS) if callable(_encodekey) else None
+
+_lock = threading.Lock()
+_path_cache: tuple[tuple[object, ...], Path] | None = None
+_values_cache: tuple[tuple[object, ...], dict[str, str]] | None = None
+_settings_cache: tuple[tuple[object, ...], Settings] | None = None
+
+
+def _environment() -> tuple[object, ...]:
+    """The raw values of `_ENV_INPUTS`, compared to see whether an input changed.
+
+    This runs on every request: CPython's `os.environ._data` (the dict behind `os.environ`,
+    which every change through `os.environ` updates) is read directly, as `os.environ.get`
+    costs about 1 us per variable that is not set. Elsewhere, `os.environ.get` is used.
+    """
+    data = getattr(os.environ, "_data", None)
+    if _ENV_KEYS is not None and type(data) is dict:
+        return tuple(map(data.get, _ENV_KEYS))
+    return tuple(map(os.environ.get, _ENV_INPUTS))
+
+
+def _inputs() -> tuple[object, ...]:
+    global _path_cache
+    env = _environment()
+    paths = _path_cache
+    if paths is None or paths[0] != env[:2]:  # AIRFLOW_HOME and AIRFLOW_CONFIG decide it
+        paths = _path_cache = (env[:2], _config_file())
+    try:
+        mtime: int | None = os.stat(paths[1]).st_mtime_ns
+    except OSError:
+        mtime = None
+    return (env, mtime)
 
 
 def current_settings() -> Settings:
-    """`get_settings()`, re-read only when its inputs change (for per-request callers).
+    """The resolved and validated options, re-resolved only when their inputs change.
 
-    The inputs are the `AIRFLOW__NX1_CONNECT__*` variables, the config file's path and its
-    modification time, so a changed environment or airflow.cfg is seen on the next call.
+    Cheap enough per request: unchanged inputs return the same object. A changed variable or
+    airflow.cfg is seen on the next call; a `_cmd` runs once per process and inputs.
     """
-    global _cached
-    path = _config_file()
-    try:
-        mtime: int | None = path.stat().st_mtime_ns
-    except OSError:
-        mtime = None
-    env = tuple(os.environ.get(f"AIRFLOW__{SECTION.upper()}__{o.upper()}") for o in OPTIONS)
-    key = (env, str(path), mtime)
-    cached = _cached
+    global _values_cache, _settings_cache
+    key = _inputs()
+    cached = _settings_cache
     if cached is not None and cached[0] == key:
         return cached[1]
-    settings = get_settings()
-    _cached = (key, settings)
+    with _lock:
+        values_cached = _values_cache
+        if values_cached is not None and values_cached[0] == key:
+            values = values_cached[1]
+        else:
+            values = _resolve()
+            _values_cache = (key, values)
+        settings = _settings(values)  # a bad value raises on every call until it is fixed
+        _settings_cache = (key, settings)
     return settings
+
+
+def get_settings() -> Settings:
+    """Resolve and validate `[nx1_connect]` for the current environment and airflow.cfg.
+
+    The same as `current_settings()`: values are re-read whenever an input changed.
+    """
+    return current_settings()

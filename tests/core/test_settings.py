@@ -1,6 +1,11 @@
-"""`[nx1_connect]` settings: defaults, environment overrides, airflow.cfg, validation."""
+"""`[nx1_connect]` settings: defaults, environment overrides, airflow.cfg, validation.
+
+`_cmd`, `_secret` and the agreement with Airflow's own parser: test_settings_airflow.py.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -12,14 +17,9 @@ from airflow_nx1_connect.core.settings import get_settings
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
-    for key in (
-        "SQL_ALCHEMY_CONN",
-        "SNAPSHOT_RETENTION",
-        "DEFAULT_PAGE_SIZE",
-        "MAX_PAGE_SIZE",
-        "MAX_KEY_DAYS",
-    ):
-        monkeypatch.delenv(f"AIRFLOW__NX1_CONNECT__{key}", raising=False)
+    for key in list(os.environ):
+        if key.startswith(("AIRFLOW__NX1_CONNECT__", "AIRFLOW__SECRETS__")):
+            monkeypatch.delenv(key)
     return tmp_path
 
 
@@ -32,6 +32,42 @@ def test_defaults(home):
         10000,
         365,
     )
+    assert (s.cors_allowed_origins, s.default_rate_limit, s.rate_limit_storage) == (
+        (),
+        0,
+        "memory://",
+    )
+
+
+def test_empty_values_mean_the_defaults(home, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", "")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__RATE_LIMIT_STORAGE", " ")
+    s = get_settings()
+    assert s.sql_alchemy_conn == f"sqlite:///{home / 'nx1_connect.db'}"
+    assert s.rate_limit_storage == "memory://"
+
+
+def test_version_2_options(home, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW__NX1_CONNECT__CORS_ALLOWED_ORIGINS",
+        " https://app.example.com , *,https://app.example.com,, ",
+    )
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__DEFAULT_RATE_LIMIT", "600")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__RATE_LIMIT_STORAGE", "redis://127.0.0.1:6379/0")
+    s = get_settings()
+    assert s.cors_allowed_origins == ("https://app.example.com", "*")
+    assert (s.default_rate_limit, s.rate_limit_storage) == (600, "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__DEFAULT_RATE_LIMIT", "0")
+    assert get_settings().default_rate_limit == 0
+
+
+def test_environment_values_are_expanded_as_airflow_does(home, monkeypatch):
+    """Airflow expands `$VAR` and `~` in AIRFLOW__<SECTION>__<KEY> values; so do we."""
+    monkeypatch.setenv("NX1_TEST_STORE_DIR", str(home / "stores"))
+    monkeypatch.setenv(
+        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", "sqlite:///$NX1_TEST_STORE_DIR/a.db"
+    )
+    assert get_settings().sql_alchemy_conn == f"sqlite:///{home / 'stores' / 'a.db'}"
 
 
 def test_environment_overrides_are_read_when_used(home, monkeypatch):
@@ -61,6 +97,8 @@ def test_airflow_cfg_is_read_and_environment_wins(home, monkeypatch):
         ("SNAPSHOT_RETENTION", "zero", "whole number"),
         ("MAX_KEY_DAYS", "0", "at least 1"),
         ("DEFAULT_PAGE_SIZE", "20000", "must not exceed"),
+        ("DEFAULT_RATE_LIMIT", "-1", "at least 0"),
+        ("DEFAULT_RATE_LIMIT", "many", "whole number"),
     ],
 )
 def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):
@@ -70,7 +108,6 @@ def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):
 
 
 def test_current_settings_follows_environment_and_airflow_cfg(home, monkeypatch):
-    import os
     import time
 
     from airflow_nx1_connect.core.settings import current_settings
@@ -87,3 +124,13 @@ def test_current_settings_follows_environment_and_airflow_cfg(home, monkeypatch)
     later = time.time() + 5
     os.utime(cfg, (later, later))  # a new mtime even on coarse clocks
     assert current_settings().max_page_size == 4000
+
+
+def test_current_settings_without_cpythons_environ_dict(home, monkeypatch):
+    """The portable way of reading the environment sees changes too."""
+    from airflow_nx1_connect.core import settings
+
+    monkeypatch.setattr(settings, "_ENV_KEYS", None)
+    assert settings.current_settings().max_key_days == 365
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_KEY_DAYS", "7")
+    assert settings.current_settings().max_key_days == 7
