@@ -1,0 +1,350 @@
+"""Large-snapshot benchmark (`--full` only): W4 (10M-row operator run), W5 (retention p99).
+
+    uv run python -m benchmarks.large_bench            # full
+    uv run python -m benchmarks.run --full --only large_bench
+
+Both run on a **PostgreSQL store** (a fresh schema) with a PostgreSQL source that costs
+nothing to build: `generate_series` (10M rows x 4 columns: bigint, text, double, int),
+read by the operator with its server-side cursor. A `--quick` run skips them (minutes on a
+small machine) and says so in its rows.
+
+- W4: `AskRuleOperator.execute` on 10,000,000 rows in a fresh process (source read,
+  `COPY` into the store, publish): peak RSS growth (VmHWM after resetting it, minus
+  VmRSS; target < 100 MB, as W3) and the run's time (reported, with rows/s).
+- W5: retention deleting old 10M-row snapshots while apps read `latest`. The data API
+  holds two older 10M-row snapshots (written by `write_snapshot`) and the W4 one as
+  latest. Our FastAPI app serves it under uvicorn (one process, as in R1); 4 keep-alive
+  clients request `latest?limit=100&start=<random>` for a fixed time, once without and
+  once with `apply_retention(keep=1)` run by another process in the middle (dropping
+  the two old tables and their catalogue rows). Figures: p99 of the requests that
+  overlapped the delete vs p99 of the run without it (target: at most 2x, i.e. readers
+  are not blocked; a blocked reader would wait for the whole delete), and the p99 of the
+  whole run with the delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import PG_URL, pg_schema
+
+NAME = "large_bench"
+ROWS = 10_000_000
+CLIENTS = 4
+PAGE = 100
+LOAD_SECONDS = 12.0
+DELETE_AFTER = 4.0
+GEN_SQL = (
+    "SELECT g AS id, 'item-' || (g % 9973) AS name, g * 0.25::float8 AS amount, "
+    "(g % 97)::int AS qty FROM generate_series(1::bigint, {limit}::bigint) AS g"
+)
+
+
+def say(message: str) -> None:
+    print(f"[large_bench] {message}", file=sys.stderr, flush=True)
+
+
+def _pg_conn() -> str:
+    """The source as an Airflow Connection (JSON) to the benchmark PostgreSQL server."""
+    from urllib.parse import urlparse
+
+    u = urlparse(PG_URL)
+    return json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": u.hostname or "127.0.0.1",
+            "port": u.port or 5432,
+            "login": u.username or "postgres",
+            "password": u.password or "",
+            "schema": (u.path or "/test").lstrip("/") or "test",
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Old snapshots: written in-process from the same generate_series source
+# ---------------------------------------------------------------------------------------
+
+
+def write_generated(engine: Any, rows: int) -> str:
+    """Write and publish one `rows`-row snapshot of data API NAME (retention off)."""
+    import psycopg
+
+    from airflow_nx1_connect.core import snapshots as snaps
+
+    with psycopg.connect(PG_URL) as conn, conn.cursor(name="nx1_large_bench") as cur:
+        cur.itersize = snaps.BATCH_SIZE
+        cur.execute(GEN_SQL.format(limit=rows))
+        first = cur.fetchmany(snaps.BATCH_SIZE)
+        columns = snaps.infer_columns(cur.description, first, "postgresql")
+
+        def batches() -> Iterator[list[Any]]:
+            yield first
+            while batch := cur.fetchmany(snaps.BATCH_SIZE):
+                yield batch
+
+        snap = snaps.write_snapshot(
+            engine, data_api=NAME, columns=columns, batches=batches(), retention=100
+        )
+    return snap.id
+
+
+# ---------------------------------------------------------------------------------------
+# W5: readers with timestamps, and the delete in another process
+# ---------------------------------------------------------------------------------------
+
+
+async def _reader(
+    port: int, path: str, key: str, rows: int, until: float, out: list[tuple[float, float]]
+) -> None:
+    from benchmarks.serve_bench import _read_response
+
+    rng = random.Random()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.time() < until:
+            start = rng.randrange(0, max(rows - PAGE, 1))
+            request = (
+                f"GET {path}?limit={PAGE}&start={start} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\nX-API-Key: {key}\r\n\r\n"
+            ).encode()
+            sent = time.time()
+            t0 = time.perf_counter()
+            writer.write(request)
+            status, _ = await _read_response(reader)
+            out.append((sent, time.perf_counter() - t0))
+            if status != 200:
+                raise RuntimeError(f"HTTP {status} for {path}")
+    finally:
+        writer.close()
+
+
+def load(port: int, path: str, key: str, rows: int, seconds: float) -> list[tuple[float, float]]:
+    """(send time, latency s) of every request CLIENTS clients made in `seconds`."""
+    out: list[tuple[float, float]] = []
+    until = time.time() + seconds
+
+    async def main() -> None:
+        await asyncio.gather(*(_reader(port, path, key, rows, until, out) for _ in range(CLIENTS)))
+
+    asyncio.run(main())
+    return out
+
+
+def p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def _retention_child(url: str, keep: int) -> dict[str, Any]:
+    """Child process body: apply retention to data API NAME; wall times of the call."""
+    from airflow_nx1_connect.core import snapshots as snaps
+    from airflow_nx1_connect.core import store
+
+    engine = store.get_engine(url)
+    with engine.connect() as conn:  # connect before timing
+        conn.exec_driver_sql("SELECT 1")
+    start = time.time()
+    dropped = snaps.apply_retention(engine, NAME, keep)
+    end = time.time()
+    return {"start": start, "end": end, "dropped": dropped}
+
+
+def retention_during_load(
+    url: str, port: int, path: str, key: str, rows: int
+) -> tuple[list[tuple[float, float]], dict[str, Any]]:
+    """Readers for LOAD_SECONDS; retention (keep=1) in another process after DELETE_AFTER."""
+    result: dict[str, Any] = {}
+
+    def delete() -> None:
+        time.sleep(DELETE_AFTER)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.large_bench", "--retention-child", url, "1"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        if out.returncode != 0:
+            result["error"] = out.stderr.strip()[-2000:]
+        else:
+            result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    samples = load(port, path, key, rows, LOAD_SECONDS)
+    deleter.join()
+    if "error" in result:
+        raise RuntimeError(f"retention child failed: {result['error']}")
+    return samples, result
+
+
+# ---------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------
+
+
+def _skipped(quick: bool) -> list[dict[str, Any]]:
+    note = "not run by --quick (10M rows take minutes): `make bench` runs it"
+    return [
+        {"id": fid, "figure": f"{what}: {note}", "ours": "", "peer": "", "ratio": "", "target": t}
+        for fid, what, t in (
+            ("W4", "AskRuleOperator, 10,000,000 rows, PostgreSQL store", "< 100 MB"),
+            ("W5", "latest-page p99 during retention of 10M-row snapshots", "<= 2x"),
+        )
+    ]
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """W4 and W5 (full runs only); rows with id, figure, ours, peer, ratio, target, met."""
+    if quick:
+        return _skipped(quick)
+    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import snapshots as snaps
+    from benchmarks.serve_bench import _free_port, serve
+    from benchmarks.write_bench import rss_run
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="nx1-large-bench-") as tmp, pg_schema() as (_s, url):
+        engine = store.get_engine(url)
+        store.migrate(engine)
+        # Registered as W4's operator registers it (an Ask rule, task `rss` of DAG `bench`).
+        snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="rss")
+        for i in (1, 2):
+            t0 = time.perf_counter()
+            write_generated(engine, ROWS)
+            say(f"old snapshot {i}: {ROWS:,} rows written in {time.perf_counter() - t0:.0f} s")
+        store.dispose_engines()
+
+        # W4: the operator in a fresh process publishes the latest 10M-row snapshot.
+        os.environ["AIRFLOW__NX1_CONNECT__SNAPSHOT_RETENTION"] = "100"
+        try:
+            growth, seconds = rss_run(_pg_conn(), GEN_SQL, url, ROWS, data_api=NAME)
+        finally:
+            del os.environ["AIRFLOW__NX1_CONNECT__SNAPSHOT_RETENTION"]
+        say(f"W4 {ROWS:,} rows: peak RSS growth {growth:.1f} MB, {seconds:.1f} s")
+        rows.append(
+            {
+                "id": "W4",
+                "figure": (
+                    f"AskRuleOperator peak RSS growth, {ROWS:,} rows x 4 from a PostgreSQL "
+                    "source into a PostgreSQL store (MB)"
+                ),
+                "ours": round(growth, 1),
+                "peer": 100,
+                "ratio": round(growth / 100, 2),
+                "target": "< 100 MB",
+                "met": growth < 100,
+            }
+        )
+        rows.append(
+            {
+                "id": "W4",
+                "figure": (
+                    f"same run's time (s): read, COPY and publish of {ROWS:,} rows, "
+                    f"{ROWS / seconds:,.0f} rows/s"
+                ),
+                "ours": round(seconds, 1),
+                "peer": "",
+                "ratio": "",
+                "target": "report",
+                "met": True,
+            }
+        )
+
+        # W5: readers of latest while retention drops the two old 10M-row snapshots.
+        engine = store.get_engine(url)
+        published = snaps.list_snapshots(engine, NAME)
+        big = [s for s in published if s.row_count == ROWS]
+        assert len(big) == 3 and published[0].id == big[0].id, published
+        key = keys.create_key(engine, data_api=NAME, days=1).secret
+        store.dispose_engines()
+        port = _free_port()
+        env = {**os.environ, "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url, "AIRFLOW_HOME": tmp}
+        argv = [
+            sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+        path = f"/api/v1/data-apis/{NAME}/latest"
+        with serve(argv, port, path, env):
+            load(port, path, key, ROWS, 2.0)  # warm up
+            baseline = [lat for _, lat in load(port, path, key, ROWS, LOAD_SECONDS)]
+            samples, window = retention_during_load(url, port, path, key, ROWS)
+        engine = store.get_engine(url)
+        left = snaps.list_snapshots(engine, NAME)
+        store.dispose_engines()
+        assert [s.id for s in left] == [big[0].id], left
+
+    start, end = window["start"], window["end"]
+    during = [lat for sent, lat in samples if sent <= end and sent + lat >= start]
+    whole = [lat for _, lat in samples]
+    base_p99, during_p99 = p99(baseline) * 1000, p99(during) * 1000 if during else 0.0
+    delete_ms = (end - start) * 1000
+    say(
+        f"W5 retention dropped {window['dropped']} snapshot(s) in {delete_ms:.0f} ms; "
+        f"p99 {during_p99:.1f} ms over {len(during)} requests during it (max "
+        f"{max(during, default=0) * 1000:.1f} ms), {base_p99:.1f} ms without it "
+        f"({len(baseline)} requests); whole run with it {p99(whole) * 1000:.1f} ms"
+    )
+    ratio = during_p99 / base_p99 if base_p99 else float("inf")
+    rows.append(
+        {
+            "id": "W5",
+            "figure": (
+                f"latest page ({PAGE} rows, random start, {CLIENTS} clients) p99 (ms) during "
+                f"retention dropping {window['dropped']} old snapshots (2 of {ROWS:,} rows) "
+                f"({delete_ms:.0f} ms, {len(during)} requests overlapped it, max "
+                f"{max(during, default=0) * 1000:.0f} ms) vs p99 without a delete "
+                f"({len(baseline)} requests)"
+            ),
+            "ours": round(during_p99, 1),
+            "peer": round(base_p99, 1),
+            "ratio": round(ratio, 2),
+            "target": "<= 2x (readers not blocked)",
+            "met": bool(during) and ratio <= 2.0,
+        }
+    )
+    rows.append(
+        {
+            "id": "W5",
+            "figure": (
+                f"same, p99 (ms) of the whole {LOAD_SECONDS:.0f} s run with the delete "
+                f"({len(whole)} requests) vs without"
+            ),
+            "ours": round(p99(whole) * 1000, 1),
+            "peer": round(base_p99, 1),
+            "ratio": round(p99(whole) * 1000 / base_p99, 2) if base_p99 else "",
+            "target": "report",
+            "met": True,
+        }
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the rows (or run a child's part)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--retention-child":
+        print(json.dumps(_retention_child(args[1], int(args[2]))))
+        return 0
+    for r in run(quick="--quick" in args):
+        print(
+            f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
+            f"ratio {r['ratio']} (target {r['target']}) {r.get('met', '')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
