@@ -19,7 +19,8 @@ small machine) and says so in its rows.
   the two old tables and their catalogue rows). Figures: p99 of the requests that
   overlapped the delete vs p99 of the run without it (target: at most 2x, i.e. readers
   are not blocked; a blocked reader would wait for the whole delete), and the p99 of the
-  whole run with the delete.
+  whole run with the delete. The same is then measured on the embedded **SQLite store**
+  (three 10M-row snapshots written by `write_snapshot`; WAL mode).
 """
 
 from __future__ import annotations
@@ -106,14 +107,14 @@ def write_generated(engine: Any, rows: int) -> str:
 
 
 async def _reader(
-    port: int, path: str, key: str, rows: int, until: float, out: list[tuple[float, float]]
+    port: int, path: str, key: str, rows: int, until: list[float], out: list[tuple[float, float]]
 ) -> None:
     from benchmarks.serve_bench import _read_response
 
     rng = random.Random()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        while time.time() < until:
+        while time.time() < until[0]:
             start = rng.randrange(0, max(rows - PAGE, 1))
             request = (
                 f"GET {path}?limit={PAGE}&start={start} HTTP/1.1\r\n"
@@ -130,10 +131,14 @@ async def _reader(
         writer.close()
 
 
-def load(port: int, path: str, key: str, rows: int, seconds: float) -> list[tuple[float, float]]:
-    """(send time, latency s) of every request CLIENTS clients made in `seconds`."""
+def load(
+    port: int, path: str, key: str, rows: int, seconds: float, until: list[float] | None = None
+) -> list[tuple[float, float]]:
+    """(send time, latency s) of every request CLIENTS clients made in `seconds` (or until
+    the time in `until[0]`, which another thread may move)."""
     out: list[tuple[float, float]] = []
-    until = time.time() + seconds
+    if until is None:
+        until = [time.time() + seconds]
 
     async def main() -> None:
         await asyncio.gather(*(_reader(port, path, key, rows, until, out) for _ in range(CLIENTS)))
@@ -164,11 +169,20 @@ def _retention_child(url: str, keep: int) -> dict[str, Any]:
 def retention_during_load(
     url: str, port: int, path: str, key: str, rows: int
 ) -> tuple[list[tuple[float, float]], dict[str, Any]]:
-    """Readers for LOAD_SECONDS; retention (keep=1) in another process after DELETE_AFTER."""
+    """Readers for LOAD_SECONDS, or until 2 s after the delete ends if that is later;
+    retention (keep=1) in another process after DELETE_AFTER."""
     result: dict[str, Any] = {}
+    planned = time.time() + LOAD_SECONDS
+    until = [float("inf")]  # the readers go on until the delete is over
 
     def delete() -> None:
         time.sleep(DELETE_AFTER)
+        try:
+            run_child()
+        finally:
+            until[0] = max(planned, time.time() + 2.0)
+
+    def run_child() -> None:
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.large_bench", "--retention-child", url, "1"],
             capture_output=True,
@@ -183,7 +197,7 @@ def retention_during_load(
 
     deleter = threading.Thread(target=delete)
     deleter.start()
-    samples = load(port, path, key, rows, LOAD_SECONDS)
+    samples = load(port, path, key, rows, LOAD_SECONDS, until)
     deleter.join()
     if "error" in result:
         raise RuntimeError(f"retention child failed: {result['error']}")
@@ -201,7 +215,7 @@ def _skipped(quick: bool) -> list[dict[str, Any]]:
         {"id": fid, "figure": f"{what}: {note}", "ours": "", "peer": "", "ratio": "", "target": t}
         for fid, what, t in (
             ("W4", "AskRuleOperator, 10,000,000 rows, PostgreSQL store", "< 100 MB"),
-            ("W5", "latest-page p99 during retention of 10M-row snapshots", "<= 2x"),
+            ("W5", "latest-page p99 during retention of 10M-row snapshots, both stores", "<= 2x"),
         )
     ]
 
@@ -210,13 +224,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     """W4 and W5 (full runs only); rows with id, figure, ours, peer, ratio, target, met."""
     if quick:
         return _skipped(quick)
-    from airflow_nx1_connect.core import keys, store
     from airflow_nx1_connect.core import snapshots as snaps
-    from benchmarks.serve_bench import _free_port, serve
+    from airflow_nx1_connect.core import store
     from benchmarks.write_bench import rss_run
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nx1-large-bench-") as tmp, pg_schema() as (_s, url):
+        # PostgreSQL store: two old snapshots, then W4's operator run publishes the latest.
         engine = store.get_engine(url)
         store.migrate(engine)
         # Registered as W4's operator registers it (an Ask rule, task `rss` of DAG `bench`).
@@ -264,48 +278,82 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         )
 
         # W5: readers of latest while retention drops the two old 10M-row snapshots.
-        engine = store.get_engine(url)
-        published = snaps.list_snapshots(engine, NAME)
-        big = [s for s in published if s.row_count == ROWS]
-        assert len(big) == 3 and published[0].id == big[0].id, published
-        key = keys.create_key(engine, data_api=NAME, days=1).secret
-        store.dispose_engines()
-        port = _free_port()
-        env = {**os.environ, "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url, "AIRFLOW_HOME": tmp}
-        argv = [
-            sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        ]  # fmt: skip
-        path = f"/api/v1/data-apis/{NAME}/latest"
-        with serve(argv, port, path, env):
-            load(port, path, key, ROWS, 2.0)  # warm up
-            baseline = [lat for _, lat in load(port, path, key, ROWS, LOAD_SECONDS)]
-            samples, window = retention_during_load(url, port, path, key, ROWS)
-        engine = store.get_engine(url)
-        left = snaps.list_snapshots(engine, NAME)
-        store.dispose_engines()
-        assert [s.id for s in left] == [big[0].id], left
+        rows += retention_rows("PostgreSQL", *measure_retention(url, tmp))
 
+        # W5 on the embedded SQLite store: three snapshots written by write_snapshot.
+        sqlite_url = f"sqlite:///{Path(tmp) / 'store.db'}"
+        engine = store.get_engine(sqlite_url)
+        store.migrate(engine)
+        snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="rss")
+        for i in (1, 2, 3):
+            t0 = time.perf_counter()
+            write_generated(engine, ROWS)
+            say(f"SQLite store snapshot {i}: {ROWS:,} rows in {time.perf_counter() - t0:.0f} s")
+        store.dispose_engines()
+        rows += retention_rows("SQLite", *measure_retention(sqlite_url, tmp))
+    return rows
+
+
+def measure_retention(
+    url: str, tmp: str
+) -> tuple[list[float], list[tuple[float, float]], dict[str, Any]]:
+    """Serve the store; (baseline latencies, (send, latency) with the delete, its window).
+
+    Data API NAME must have three or more snapshots, the newest three of ROWS rows.
+    """
+    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import snapshots as snaps
+    from benchmarks.serve_bench import _free_port, serve
+
+    engine = store.get_engine(url)
+    published = snaps.list_snapshots(engine, NAME)
+    big = [s for s in published if s.row_count == ROWS]
+    assert len(big) == 3 and published[0].id == big[0].id, published
+    key = keys.create_key(engine, data_api=NAME, days=1).secret
+    store.dispose_engines()
+    port = _free_port()
+    env = {**os.environ, "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url, "AIRFLOW_HOME": tmp}
+    argv = [
+        sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    path = f"/api/v1/data-apis/{NAME}/latest"
+    with serve(argv, port, path, env):
+        load(port, path, key, ROWS, 2.0)  # warm up (and the key's first last_used write)
+        baseline = [lat for _, lat in load(port, path, key, ROWS, LOAD_SECONDS)]
+        samples, window = retention_during_load(url, port, path, key, ROWS)
+    engine = store.get_engine(url)
+    left = snaps.list_snapshots(engine, NAME)
+    store.dispose_engines()
+    assert [s.id for s in left] == [big[0].id], left
+    return baseline, samples, window
+
+
+def retention_rows(
+    label: str, baseline: list[float], samples: list[tuple[float, float]], window: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The W5 rows of one store."""
     start, end = window["start"], window["end"]
     during = [lat for sent, lat in samples if sent <= end and sent + lat >= start]
     whole = [lat for _, lat in samples]
+    seconds = max(s + lat for s, lat in samples) - min(s for s, _ in samples)
     base_p99, during_p99 = p99(baseline) * 1000, p99(during) * 1000 if during else 0.0
     delete_ms = (end - start) * 1000
     say(
-        f"W5 retention dropped {window['dropped']} snapshot(s) in {delete_ms:.0f} ms; "
+        f"W5 {label}: retention dropped {window['dropped']} snapshot(s) in {delete_ms:.0f} ms; "
         f"p99 {during_p99:.1f} ms over {len(during)} requests during it (max "
         f"{max(during, default=0) * 1000:.1f} ms), {base_p99:.1f} ms without it "
         f"({len(baseline)} requests); whole run with it {p99(whole) * 1000:.1f} ms"
     )
     ratio = during_p99 / base_p99 if base_p99 else float("inf")
-    rows.append(
+    return [
         {
             "id": "W5",
             "figure": (
-                f"latest page ({PAGE} rows, random start, {CLIENTS} clients) p99 (ms) during "
-                f"retention dropping {window['dropped']} old snapshots (2 of {ROWS:,} rows) "
-                f"({delete_ms:.0f} ms, {len(during)} requests overlapped it, max "
-                f"{max(during, default=0) * 1000:.0f} ms) vs p99 without a delete "
+                f"{label} store: latest page ({PAGE} rows, random start, {CLIENTS} clients) "
+                f"p99 (ms) during retention dropping {window['dropped']} old snapshots (2 of "
+                f"{ROWS:,} rows; {delete_ms:.0f} ms, {len(during)} requests overlapped it, "
+                f"max {max(during, default=0) * 1000:.0f} ms) vs p99 without a delete "
                 f"({len(baseline)} requests)"
             ),
             "ours": round(during_p99, 1),
@@ -313,23 +361,20 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "ratio": round(ratio, 2),
             "target": "<= 2x (readers not blocked)",
             "met": bool(during) and ratio <= 2.0,
-        }
-    )
-    rows.append(
+        },
         {
             "id": "W5",
             "figure": (
-                f"same, p99 (ms) of the whole {LOAD_SECONDS:.0f} s run with the delete "
-                f"({len(whole)} requests) vs without"
+                f"{label} store: p99 (ms) of the whole run with the delete "
+                f"({len(whole)} requests in {seconds:.0f} s) vs without"
             ),
             "ours": round(p99(whole) * 1000, 1),
             "peer": round(base_p99, 1),
             "ratio": round(p99(whole) * 1000 / base_p99, 2) if base_p99 else "",
             "target": "report",
             "met": True,
-        }
-    )
-    return rows
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
