@@ -56,6 +56,7 @@ _RULE_MYSQL_ERRNOS = frozenset(
         1146,  # unknown table
         1305,  # unknown function or procedure
         1792,  # write in a READ ONLY transaction
+        4091,  # unknown sequence (MariaDB)
     }
 )
 _MYSQL_DRIVER_MODULES = frozenset({"MySQLdb", "pymysql", "mysql"})

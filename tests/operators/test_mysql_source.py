@@ -370,8 +370,9 @@ def test_mysql_driver_errors_classified(mysql_source, driver):
         run(f"SELECT nope FROM {p}_t"),
         run(f"INSERT INTO {p}_t VALUES (1)", read_only=True),
         run("SELECT no_such_function_nx1()"),
+        run(f"SELECT NEXTVAL({p}_no_such_seq)"),
     ]
-    assert [rules.is_rule_error(e) for e in rule_errors] == [True] * 5, rule_errors
+    assert [rules.is_rule_error(e) for e in rule_errors] == [True] * 6, rule_errors
 
     # Killed by the server mid-session: an outage, retryable.
     victim = connect()
