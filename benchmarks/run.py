@@ -20,8 +20,9 @@ from typing import Any
 
 #: (module, the ids of the figures it reports) in the order they are run and printed.
 MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("benchmarks.write_bench", ("W1", "W2", "W3")),
+    ("benchmarks.write_bench", ("W1", "W2", "W3", "W3m")),
     ("benchmarks.serve_bench", ("R1", "R2", "R3")),
+    ("benchmarks.large_bench", ("W4", "W5")),
 )
 #: Table columns: (row key, header).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="MODULE",
-        help="run only this module (write_bench or serve_bench); may repeat",
+        help="run only this module (write_bench, serve_bench or large_bench); may repeat",
     )
     args = parser.parse_args(argv)
     quick = bool(args.quick)

@@ -1,4 +1,4 @@
-"""Snapshot write benchmark: W1 (SQLite store), W2 (PostgreSQL store), W3 (operator memory).
+"""Snapshot write benchmark: W1 (SQLite store), W2 (PostgreSQL store), W3/W3m (operator memory).
 
     uv run python -m benchmarks.write_bench [--quick]
 
@@ -15,6 +15,9 @@ REAL, INTEGER) with a `fetchmany(10000)` cursor, so each side pays the same read
 - W3: peak RSS growth of a process running `AskRuleOperator.execute` (source read,
   snapshot write, publish) at a small and a large row count (target < 100 MB each).
   Measured in a fresh subprocess from /proc (VmHWM after resetting it, minus VmRSS).
+- W3m: the same at the large row count with a MariaDB source (a table filled from the
+  Sequence engine, Connection `{"client": "mysql-connector-python"}`, read with its
+  unbuffered cursor) into a SQLite store; the run's time is reported too.
 
 Ours and the peer are each run `repeats` times; the best time of each is compared.
 """
@@ -174,23 +177,26 @@ def pg_insert_rows(store_url: str, source: Path, limit: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def _rss_child(source: str, store_url: str, rows: int) -> dict[str, int]:
-    """Child process body: run AskRuleOperator.execute on `rows` rows; report RSS in kB."""
+def _rss_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process body: run AskRuleOperator.execute on `spec["sql"]` (`spec["rows"]`
+    rows) from the Connection `spec["conn"]` into the store `spec["store"]`; report RSS in
+    kB and the run's seconds."""
+    import time
     from types import SimpleNamespace
 
     from airflow_nx1_connect.core import store
     from airflow_nx1_connect.operators import AskRuleOperator
 
-    os.environ["AIRFLOW_CONN_NX1_BENCH_SRC"] = "sqlite://" + quote(source, safe="")
-    os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = store_url
-    store.migrate(store.get_engine(store_url))
+    os.environ["AIRFLOW_CONN_NX1_BENCH_SRC"] = spec["conn"]
+    os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = spec["store"]
+    store.migrate(store.get_engine(spec["store"]))
 
     def run(limit: int) -> dict[str, Any]:
         op = AskRuleOperator(
             task_id="rss",
-            data_api="rss_bench",
+            data_api=spec.get("data_api", "rss_bench"),
             conn_id="nx1_bench_src",
-            sql=f"SELECT id, name, amount, qty FROM {SOURCE_TABLE} ORDER BY id LIMIT {limit}",
+            sql=spec["sql"].format(limit=limit),
         )
         ti = SimpleNamespace(dag_id="bench", task_id="rss", run_id=f"r{limit}")
         return op.execute({"ti": ti, "run_id": f"r{limit}", "data_interval_end": None})
@@ -202,25 +208,34 @@ def _rss_child(source: str, store_url: str, rows: int) -> dict[str, int]:
         reset = True
     except OSError:
         reset = False
-    result = run(rows)
-    assert result["row_count"] == rows, result
-    return {"baseline_kb": baseline, "peak_kb": rss_kb("VmHWM"), "hwm_reset": int(reset)}
+    t0 = time.perf_counter()
+    result = run(spec["rows"])
+    seconds = time.perf_counter() - t0
+    assert result["row_count"] == spec["rows"], result
+    return {
+        "baseline_kb": baseline,
+        "peak_kb": rss_kb("VmHWM"),
+        "hwm_reset": int(reset),
+        "seconds": seconds,
+    }
 
 
-def rss_growth_mb(source: Path, store_url: str, rows: int) -> float:
-    """Peak RSS growth (MB) of a fresh process running the operator on `rows` rows."""
+def sqlite_conn(source: Path) -> str:
+    """An Airflow Connection URI of a SQLite file."""
+    return "sqlite://" + quote(str(source), safe="")
+
+
+def rss_run(
+    conn: str, sql: str, store_url: str, rows: int, data_api: str = "rss_bench"
+) -> tuple[float, float]:
+    """(peak RSS growth in MB, seconds) of a fresh process running AskRuleOperator on
+    `rows` rows of `sql` (its `{limit}` is the row count) from Connection `conn`,
+    publishing to `data_api` (task `rss` of DAG `bench`)."""
     home = tempfile.mkdtemp(prefix="nx1-bench-home-")
     env = dict(os.environ, AIRFLOW_HOME=home, AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    spec = {"conn": conn, "sql": sql, "store": store_url, "rows": rows, "data_api": data_api}
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.write_bench",
-            "--rss-child",
-            str(source),
-            store_url,
-            str(rows),
-        ],
+        [sys.executable, "-m", "benchmarks.write_bench", "--rss-child", json.dumps(spec)],
         env=env,
         capture_output=True,
         text=True,
@@ -230,7 +245,70 @@ def rss_growth_mb(source: Path, store_url: str, rows: int) -> float:
     if out.returncode != 0:
         raise RuntimeError(f"RSS child failed: {out.stderr.strip()[-2000:]}")
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    return (data["peak_kb"] - data["baseline_kb"]) / 1024
+    return (data["peak_kb"] - data["baseline_kb"]) / 1024, float(data["seconds"])
+
+
+SOURCE_SQL = f"SELECT id, name, amount, qty FROM {SOURCE_TABLE} ORDER BY id LIMIT {{limit}}"
+
+
+def rss_growth_mb(source: Path, store_url: str, rows: int) -> float:
+    """Peak RSS growth (MB) of a fresh process running the operator on `rows` rows."""
+    return rss_run(sqlite_conn(source), SOURCE_SQL, store_url, rows)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# W3m: the same with a MariaDB (MySQL) source
+# ---------------------------------------------------------------------------------------
+
+MYSQL = {
+    "host": os.environ.get("NX1_TEST_MYSQL_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("NX1_TEST_MYSQL_PORT", "3306")),
+    "user": os.environ.get("NX1_TEST_MYSQL_USER", "root"),
+    "password": os.environ.get("NX1_TEST_MYSQL_PASSWORD", ""),
+    "database": os.environ.get("NX1_TEST_MYSQL_DB", "test"),
+}
+
+
+def _mysql_exec(*statements: str) -> None:
+    import mysql.connector
+
+    conn = mysql.connector.connect(**MYSQL, autocommit=True)
+    try:
+        cur = conn.cursor()
+        for sql in statements:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def mysql_w3(tmp: Path, rows: int) -> tuple[float, float]:
+    """(peak RSS growth MB, seconds) of AskRuleOperator reading `rows` rows x 4 from a
+    MariaDB table (made with the Sequence engine, dropped after) into a SQLite store."""
+    import uuid
+
+    table = f"nx1_bench_{uuid.uuid4().hex[:10]}"
+    _mysql_exec(
+        f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, name VARCHAR(40), amount DOUBLE, "
+        "qty INT) ENGINE=InnoDB",
+        f"INSERT INTO {table} SELECT seq, CONCAT('item-', seq % 9973), seq * 0.25, seq % 97 "
+        f"FROM seq_1_to_{rows}",
+    )
+    conn = json.dumps(
+        {
+            "conn_type": "mysql",
+            "host": MYSQL["host"],
+            "port": MYSQL["port"],
+            "login": MYSQL["user"],
+            "password": MYSQL["password"],
+            "schema": MYSQL["database"],
+            "extra": {"client": "mysql-connector-python"},
+        }
+    )
+    sql = f"SELECT id, name, amount, qty FROM {table} ORDER BY id LIMIT {{limit}}"
+    try:
+        return rss_run(conn, sql, f"sqlite:///{tmp / 'rss_mysql.db'}", rows)
+    finally:
+        _mysql_exec(f"DROP TABLE IF EXISTS {table}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,6 +428,44 @@ def run(quick: bool = False, log: Any = None) -> list[dict[str, Any]]:
                     "met": growth[count] < 100,
                 }
             )
+
+        # W3m: a MariaDB source, read with the driver's streaming cursor
+        m_rows = size["rss"][1]
+        try:
+            m_growth, m_seconds = mysql_w3(tmp, m_rows)
+        except Exception as exc:  # MariaDB missing: this row says so, the others stand
+            say(f"W3m failed: {type(exc).__name__}: {exc}")
+            rows.append(
+                {
+                    "id": "W3m",
+                    "figure": "not measured",
+                    "ours": f"ERROR: {type(exc).__name__}: {exc}",
+                    "peer": "",
+                    "ratio": "",
+                    "target": "< 100 MB",
+                    "met": False,
+                }
+            )
+        else:
+            say(
+                f"W3m MariaDB source, {m_rows:,} rows: peak RSS growth {m_growth:.1f} MB, "
+                f"{m_seconds:.1f} s"
+            )
+            rows.append(
+                {
+                    "id": "W3m",
+                    "figure": (
+                        f"AskRuleOperator peak RSS growth, MariaDB source "
+                        f"(mysql-connector-python, streaming cursor), {m_rows:,} rows (MB); "
+                        f"run took {m_seconds:.0f} s"
+                    ),
+                    "ours": round(m_growth, 1),
+                    "peer": 100,
+                    "ratio": round(m_growth / 100, 2),
+                    "target": "< 100 MB",
+                    "met": m_growth < 100,
+                }
+            )
     return rows
 
 
@@ -357,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: print the rows as a small table."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "--rss-child":
-        print(json.dumps(_rss_child(args[1], args[2], int(args[3]))))
+        print(json.dumps(_rss_child(json.loads(args[1]))))
         return 0
     results = run(quick="--quick" in args)
     for r in results:

@@ -268,6 +268,26 @@ _PG_OIDS = {
     19: "TEXT",
     2950: "TEXT",
 }
+# MySQL / MariaDB protocol column type codes (the same in every MySQL driver's
+# `description`); only used for columns that are NULL all through the first batch.
+_MYSQL_CODES = {
+    0: "NUMERIC",  # DECIMAL
+    246: "NUMERIC",  # NEWDECIMAL
+    1: "INTEGER",  # TINY (TINYINT(1) too: drivers give ints, so INTEGER)
+    2: "INTEGER",
+    3: "INTEGER",
+    9: "INTEGER",
+    8: "INTEGER",
+    13: "INTEGER",  # YEAR
+    4: "REAL",
+    5: "REAL",
+    7: "TIMESTAMP",
+    12: "TIMESTAMP",  # DATETIME
+    10: "DATE",
+    14: "DATE",
+    245: "JSON",
+}
+_MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 _NAME_FAMILIES = [
     ("bool", "BOOLEAN"),
     ("bigint", "INTEGER"),
@@ -291,7 +311,11 @@ def family_from_type_code(type_code: Any, dialect: str | None = None) -> str | N
     if type_code is None:
         return None
     if isinstance(type_code, int) and not isinstance(type_code, bool):
-        return _PG_OIDS.get(type_code) if dialect in ("postgres", "postgresql") else None
+        if dialect in ("postgres", "postgresql"):
+            return _PG_OIDS.get(type_code)
+        if dialect in _MYSQL_DIALECTS:
+            return _MYSQL_CODES.get(type_code)
+        return None
     name = str(getattr(type_code, "name", type_code)).lower()
     for needle, family in _NAME_FAMILIES:
         if needle in name:

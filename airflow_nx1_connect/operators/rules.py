@@ -2,8 +2,9 @@
 
 Both are thin adapters over `core.snapshots`: they read the source through the
 Connection's common.sql `DbApiHook` with a `fetchmany` cursor (a server-side cursor on
-PostgreSQL), hand the batches to `write_snapshot` as a generator (memory stays flat
-whatever the row count), and return only the snapshot's metadata to XCom.
+PostgreSQL, an unbuffered streaming one on MySQL/MariaDB), hand the batches to
+`write_snapshot` as a generator (memory stays flat whatever the row count), and return
+only the snapshot's metadata to XCom.
 
 Failures that rerunning will not fix (bad SQL, a name owned by another rule, a merge
 key missing from the result) fail the task at once with `AirflowFailException`; a
@@ -72,6 +73,24 @@ _RULE_SQLITE_ERRORS = frozenset(
     {"SQLITE_ERROR", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE", "SQLITE_READONLY"}
 )
 _RULE_ERROR_CLASSES = frozenset({"ProgrammingError", "DataError", "IntegrityError"})
+# MySQL/MariaDB server error numbers about the SQL itself, for drivers whose exceptions
+# carry no SQLSTATE (mysqlclient, PyMySQL): they raise e.g. an unknown column (1054) or a
+# write refused in a READ ONLY transaction (1792) as OperationalError.
+_RULE_MYSQL_ERRNOS = frozenset(
+    {
+        1044,  # access denied to a database
+        1052,  # ambiguous column
+        1054,  # unknown column
+        1064,  # syntax error
+        1142,  # command denied on a table
+        1143,  # command denied on a column
+        1146,  # unknown table
+        1305,  # unknown function or procedure
+        1792,  # write in a READ ONLY transaction
+        4091,  # unknown sequence (MariaDB)
+    }
+)
+_MYSQL_DRIVER_MODULES = frozenset({"MySQLdb", "pymysql", "mysql"})
 
 
 class _SourceError(Exception):
@@ -90,7 +109,19 @@ def is_rule_error(exc: BaseException) -> bool:
     sqlite_name = getattr(exc, "sqlite_errorname", None)
     if isinstance(sqlite_name, str):
         return sqlite_name in _RULE_SQLITE_ERRORS
+    if _mysql_errno(exc) in _RULE_MYSQL_ERRNOS:
+        return True
     return any(c.__name__ in _RULE_ERROR_CLASSES | {"NotSupportedError"} for c in type(exc).__mro__)
+
+
+def _mysql_errno(exc: BaseException) -> int | None:
+    """The MySQL server error number of a MySQL driver's exception, else None."""
+    if type(exc).__module__.split(".", 1)[0] not in _MYSQL_DRIVER_MODULES:
+        return None
+    errno = getattr(exc, "errno", None)
+    if errno is None and exc.args:
+        errno = exc.args[0]
+    return errno if isinstance(errno, int) and not isinstance(errno, bool) else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -299,11 +330,7 @@ class _RuleOperator(BaseOperator):
             if self._read_only:
                 _make_read_only(conn, dialect)
             for statement in statements[:-1]:
-                cur = conn.cursor()
-                try:
-                    cur.execute(statement)
-                finally:
-                    cur.close()
+                _run_statement(conn, statement)
             cursor = _open_cursor(conn, server_side)
             cursor.execute(final)
             first = _fetch(cursor)
@@ -396,11 +423,35 @@ def _make_read_only(conn: DbApiConnection, dialect: str) -> None:
             cur.execute("PRAGMA query_only = ON")
         elif dialect == "postgresql" and not getattr(conn, "autocommit", False):
             cur.execute("SET TRANSACTION READ ONLY")
+        elif dialect in _MYSQL_DIALECTS:
+            # Every later transaction of this session, autocommit or not: a write (even one
+            # hidden in a stored function or a sequence's NEXTVAL) fails with error 1792.
+            cur.execute("SET SESSION TRANSACTION READ ONLY")
+    finally:
+        cur.close()
+
+
+def _run_statement(conn: Any, statement: str) -> None:
+    """Run one statement whose rows (if any) are not published; drain them in batches.
+
+    A streaming MySQL cursor must be read to the end before the connection runs anything
+    else ("Unread result found"); draining keeps memory flat on every driver.
+    """
+    cur = conn.cursor()
+    try:
+        cur.execute(statement)
+        if cur.description is not None:
+            while cur.fetchmany(FETCH_SIZE):
+                pass
     finally:
         cur.close()
 
 
 def _open_cursor(conn: DbApiConnection, server_side: bool) -> DbApiCursor:
+    """A cursor for the published result; streaming where the driver can stream."""
+    streaming = _mysql_streaming_cursor(conn)
+    if streaming is not None:
+        return streaming
     if server_side:
         name = f"nx1_{uuid.uuid4().hex}"
         try:
@@ -413,6 +464,34 @@ def _open_cursor(conn: DbApiConnection, server_side: bool) -> DbApiCursor:
     with suppress(Exception):
         cursor.arraysize = FETCH_SIZE
     return cursor
+
+
+def _mysql_streaming_cursor(conn: Any) -> Any:
+    """An unbuffered cursor of a MySQL driver's connection (rows come off the socket as
+    `fetchmany` asks for them, so memory stays flat), or None for other connections.
+
+    The MySQL drivers buffer the whole result by default: mysqlclient and PyMySQL need
+    their `SSCursor` class, mysql-connector-python `buffered=False`.
+    """
+    package = type(conn).__module__.split(".", 1)[0]
+    if package == "MySQLdb":
+        import MySQLdb.cursors
+
+        cursor = conn.cursor(MySQLdb.cursors.SSCursor)
+    elif package == "pymysql":
+        import pymysql.cursors
+
+        cursor = conn.cursor(pymysql.cursors.SSCursor)
+    elif package == "mysql":
+        cursor = conn.cursor(buffered=False, dictionary=False)
+    else:
+        return None
+    with suppress(Exception):
+        cursor.arraysize = FETCH_SIZE
+    return cursor
+
+
+_MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 
 
 def _as_tuples(rows: Sequence[Any]) -> Sequence[Any]:
@@ -445,6 +524,12 @@ def _batches(cursor: DbApiCursor, first: Sequence[Any]) -> Iterator[Sequence[Any
 
 
 def _rollback(conn: DbApiConnection) -> None:
+    if getattr(conn, "unread_result", False) is True:
+        # mysql-connector-python would read every remaining row of a half-read streaming
+        # result into memory first; closing the connection rolls back on the server.
+        with suppress(Exception):
+            conn.close()
+        return
     with suppress(Exception):
         conn.rollback()
 

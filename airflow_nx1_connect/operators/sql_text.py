@@ -3,7 +3,7 @@
 Uses `sqlparse` (installed with the common.sql provider), so semicolons, keywords and
 comments inside string literals, quoted identifiers and comments are never mistaken
 for statements. The check is a guard at the door; the operator also opens the source
-read-only where the database allows it (PostgreSQL, SQLite).
+read-only where the database allows it (PostgreSQL, SQLite, MySQL/MariaDB).
 """
 
 from __future__ import annotations
