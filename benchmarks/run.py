@@ -22,6 +22,7 @@ from typing import Any
 MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks.write_bench", ("W1", "W2", "W3")),
     ("benchmarks.serve_bench", ("R1", "R2", "R3")),
+    ("benchmarks.changes_bench", ("C1",)),
 )
 #: Table columns: (row key, header).
 COLUMNS: tuple[tuple[str, str], ...] = (
