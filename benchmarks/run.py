@@ -22,6 +22,7 @@ from typing import Any
 MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks.write_bench", ("W1", "W2", "W3", "W3m")),
     ("benchmarks.serve_bench", ("R1", "R2", "R3")),
+    ("benchmarks.changes_bench", ("C1",)),
     ("benchmarks.large_bench", ("W4", "W5")),
 )
 #: Table columns: (row key, header).

@@ -31,6 +31,11 @@ class SnapshotNotFound(NotFound):
     """No retained published snapshot has that id, or none is published yet."""
 
 
+class SnapshotGone(Nx1Error):
+    """A snapshot that existed is no longer retained, or a change feed cannot span two
+    snapshots (their columns differ); the app must resync from `latest` (public: 410)."""
+
+
 class KeyNotFound(NotFound):
     """No data API key has that id."""
 

@@ -203,6 +203,21 @@ run_requests = sa.Table(
     sa.Index("ix_nx1_run_requests_data_api", "data_api", "requested_at"),
 )
 
+#: Snapshots dropped by retention: the change feed answers 410 (not 404) for their ids.
+retired_snapshots = sa.Table(
+    "nx1_retired_snapshots",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "data_api",
+        sa.String(63),
+        sa.ForeignKey("nx1_data_apis.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    sa.Column("retired_at", UTCDateTime, nullable=False),
+)
+
 
 # ---------------------------------------------------------------------------------------
 # Engines

@@ -48,6 +48,7 @@ from airflow_nx1_connect.core.store import (
     data_apis,
     drop_table,
     quote,
+    retired_snapshots,
     snapshots,
 )
 from airflow_nx1_connect.core.types import Column
@@ -498,6 +499,21 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         failed = list_snapshots(conn, data_api, statuses=("failed",))[keep:]
         for s in doomed:
             drop_table(conn, s.table_name)
+        if doomed:
+            # Remembered so that the change feed can tell "no longer retained" (410).
+            now = utcnow()
+            conn.execute(
+                retired_snapshots.insert(),
+                [
+                    {
+                        "id": s.id,
+                        "data_api": data_api,
+                        "published_at": s.published_at,
+                        "retired_at": now,
+                    }
+                    for s in doomed
+                ],
+            )
         ids = [s.id for s in doomed + failed]
         if ids:
             conn.execute(snapshots.delete().where(snapshots.c.id.in_(ids)))

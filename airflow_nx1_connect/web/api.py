@@ -183,6 +183,44 @@ def _rows_responses() -> dict[int | str, dict[str, Any]]:
     }
 
 
+def _changes_parameters() -> list[dict[str, Any]]:
+    since_to = [
+        {
+            "name": "since",
+            "in": "query",
+            "required": True,
+            "description": "Id of the snapshot the app read last: changes after it.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "to",
+            "in": "query",
+            "required": False,
+            "description": "Id of the snapshot to go to (default: the latest).",
+            "schema": {"type": "string"},
+        },
+    ]
+    return since_to + _rows_parameters()
+
+
+def _changes_responses() -> dict[int | str, dict[str, Any]]:
+    responses = _rows_responses()
+    responses[200] = {
+        **responses[200],
+        "description": "A page of changes (JSON), or CSV / NDJSON with a leading `_op` "
+        "column (a page with limit, the whole feed from start without).",
+        "model": models.ChangesPage,
+    }
+    responses[400] = _problem(
+        "since missing; a key in the query string; a bad start, limit, columns or format."
+    )
+    responses[410] = _problem(
+        "since (or to) is no longer retained, or the columns changed between them: "
+        "resync from /latest."
+    )
+    return responses
+
+
 def _json_ok(model: type[Any], description: str) -> dict[int | str, dict[str, Any]]:
     return {
         200: {"description": description, "headers": _CACHE_HEADERS, "model": model},
@@ -232,6 +270,7 @@ def create_app() -> FastAPI:
         "latest": ("getLatestRows", "Rows of the latest published snapshot"),
         "snapshots": ("listSnapshots", "Retained published snapshots, newest first"),
         "snapshot": ("getSnapshotRows", "Rows of one retained snapshot (never changes)"),
+        "changes": ("getChanges", "Rows inserted, updated and deleted between two snapshots"),
     }
     for endpoint, path in serving.ROUTES.items():
         operation_id, summary = summaries[endpoint]
@@ -244,12 +283,20 @@ def create_app() -> FastAPI:
             operation_id=operation_id,
             summary=summary,
             response_class=FastAPIResponse,
-            responses=_rows_responses()
+            responses=_changes_responses()
+            if endpoint == "changes"
+            else _rows_responses()
             if rows
             else _json_ok(
                 models.DataApi if endpoint == "data_api" else models.SnapshotList, summary
             ),
-            openapi_extra={"parameters": _rows_parameters() if rows else [_IF_NONE_MATCH]},
+            openapi_extra={
+                "parameters": _changes_parameters()
+                if endpoint == "changes"
+                else _rows_parameters()
+                if rows
+                else [_IF_NONE_MATCH]
+            },
         )
         app.add_api_route(API_PREFIX + path, view, methods=["HEAD"], include_in_schema=False)
 

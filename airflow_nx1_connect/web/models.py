@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_nx1_connect.core.store import KINDS
 from airflow_nx1_connect.core.types import FAMILIES
@@ -81,3 +81,27 @@ class RowsPage(BaseModel):
     data_api: str
     snapshot: SnapshotSummary
     data: RowsData
+
+
+class ChangesData(BaseModel):
+    """One page of a change feed: `_op` (insert, update or delete) leads every row."""
+
+    start: int = Field(ge=0)
+    row_count: int = Field(ge=0, description="Changes in this page.")
+    columns: list[str] = Field(description="`_op`, then the snapshot's columns.")
+    next_start: int | None = Field(description="start of the next page; null on the last.")
+    next_url: str | None = Field(
+        description="The next page's URL, `to` pinned to this feed's snapshot; null on the last."
+    )
+    data: list[list[Any]]
+
+
+class ChangesPage(BaseModel):
+    """A JSON page of the changes between two retained snapshots of a data API."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    data_api: str
+    from_: SnapshotSummary = Field(alias="from", description="The `since` snapshot.")
+    to: SnapshotSummary = Field(description="The `to` snapshot (default: the latest).")
+    data: ChangesData

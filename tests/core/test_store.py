@@ -18,6 +18,7 @@ def test_migrate_creates_only_nx1_tables_and_is_idempotent(engine):
         "nx1_key_usage",
         "nx1_audit",
         "nx1_run_requests",
+        "nx1_retired_snapshots",
     }
     assert store.current_revision(engine) == store.head_revision()
 

@@ -714,6 +714,7 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
         "/data-apis/{name}/latest",
         "/data-apis/{name}/snapshots",
         "/data-apis/{name}/snapshots/{snapshot_id}",
+        "/data-apis/{name}/changes",
     }
     assert doc["servers"] == [{"url": "/nx1"}]
     latest = doc["paths"]["/api/v1/data-apis/{name}/latest"]["get"]

@@ -6,7 +6,8 @@ framework's request into a `Request`, call `handle` (or `route_not_found` /
 
 Where things are: `http` (request, response, problems, the one exception mapping,
 conditional requests), `auth` (the key), `params` (query parameters), `encoders` (JSON,
-CSV, NDJSON from stored values); rows are read by `core.reads`. This module routes.
+CSV, NDJSON from stored values), `changes` (the change feed, computed by `core.changes`);
+rows are read by `core.reads`. This module routes.
 
 Order of checks on every data API route (so an unauthenticated caller learns nothing):
 
@@ -35,6 +36,7 @@ from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
+from airflow_nx1_connect.core.serving.changes import changes_response
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
     csv_header,
@@ -93,6 +95,7 @@ ROUTES: dict[str, str] = {
     "latest": "/data-apis/{name}/latest",
     "snapshots": "/data-apis/{name}/snapshots",
     "snapshot": "/data-apis/{name}/snapshots/{snapshot_id}",
+    "changes": "/data-apis/{name}/changes",
 }
 
 
@@ -123,6 +126,8 @@ def handle(
             response = _data_api_response(engine, request, name)
         elif endpoint == "snapshots":
             response = _snapshots_response(engine, request, name)
+        elif endpoint == "changes":
+            response = changes_response(engine, settings, request, name)
         else:
             response = _rows_response(engine, settings, request, endpoint, name, snapshot_id)
     except Exception as exc:  # the one place where exceptions become statuses

@@ -25,6 +25,7 @@ from airflow_nx1_connect.core.errors import (
     ConfigError,
     Forbidden,
     NotFound,
+    SnapshotGone,
     StoreNotMigrated,
     StoreUnavailable,
     ValidationError,
@@ -133,8 +134,8 @@ def route_not_found(request: Request) -> Response:
         "not-found",
         "Not found",
         "No such endpoint. The data API serves GET /data-apis/{name}, "
-        "/data-apis/{name}/latest, /data-apis/{name}/snapshots and "
-        "/data-apis/{name}/snapshots/{snapshot_id}.",
+        "/data-apis/{name}/latest, /data-apis/{name}/snapshots, "
+        "/data-apis/{name}/snapshots/{snapshot_id} and /data-apis/{name}/changes.",
     )
 
 
@@ -230,6 +231,8 @@ def problem_for(exc: BaseException) -> Response:
         )
     if isinstance(exc, ValidationError):
         return problem(400, "invalid-parameter", "Invalid request", str(exc))
+    if isinstance(exc, SnapshotGone):
+        return problem(410, "snapshot-gone", "Snapshot no longer available", str(exc))
     if isinstance(exc, NotFound):
         return problem(404, "not-found", "Not found", str(exc))
     if isinstance(exc, StoreUnavailable | StoreNotMigrated | ConfigError | sa.exc.SQLAlchemyError):
