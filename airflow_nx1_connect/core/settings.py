@@ -28,6 +28,11 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "default_page_size": ("1000", "Rows per JSON page when a request gives no limit."),
     "max_page_size": ("10000", "Largest limit a request may ask for."),
     "max_key_days": ("365", "Longest validity, in days, of a data API key."),
+    "cors_allowed_origins": (
+        "",
+        "Comma-separated origins (e.g. https://app.example.com) whose browser pages may "
+        "call the data API; * allows any; empty sends no CORS headers.",
+    ),
 }
 
 
@@ -80,6 +85,11 @@ class Settings:
     default_page_size: int
     max_page_size: int
     max_key_days: int
+    cors_allowed_origins: tuple[str, ...] = ()
+
+
+def _origins(option: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in _raw(option).split(",") if o.strip())
 
 
 def default_store_url() -> str:
@@ -95,6 +105,7 @@ def get_settings() -> Settings:
         default_page_size=_positive_int("default_page_size"),
         max_page_size=_positive_int("max_page_size"),
         max_key_days=_positive_int("max_key_days"),
+        cors_allowed_origins=_origins("cors_allowed_origins"),
     )
     if settings.default_page_size > settings.max_page_size:
         raise ConfigError(

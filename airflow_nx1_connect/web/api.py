@@ -252,6 +252,8 @@ def create_app() -> FastAPI:
             openapi_extra={"parameters": _rows_parameters() if rows else [_IF_NONE_MATCH]},
         )
         app.add_api_route(API_PREFIX + path, view, methods=["HEAD"], include_in_schema=False)
+        # CORS preflights are answered (or refused) by core.serving, like on the blueprint.
+        app.add_api_route(API_PREFIX + path, view, methods=["OPTIONS"], include_in_schema=False)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:
