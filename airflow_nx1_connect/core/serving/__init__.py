@@ -124,7 +124,10 @@ def handle(
     else:
         origins = settings.cors_allowed_origins
     if endpoint in ROUTES and is_preflight(request):
-        response = preflight(request, origins) or method_not_allowed(request)
+        answer = preflight(request, origins)
+        if answer is not None:
+            return answer
+        response = method_not_allowed(request)
     else:
         response = _handle(
             endpoint, request, name=name, snapshot_id=snapshot_id, engine=engine, settings=settings
