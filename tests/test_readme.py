@@ -157,8 +157,10 @@ def test_readme_configuration_table_matches_settings() -> None:
     for name, (default, _description) in OPTIONS.items():
         if default:
             assert table[name] == f"`{default}`", f"{name}: README says {table[name]}"
-        else:
+        elif name == "sql_alchemy_conn":
             assert "nx1_connect.db" in table[name], f"{name}: the embedded default is missing"
+        else:
+            assert table[name].startswith("empty"), f"{name}: README says {table[name]}"
 
 
 def test_readme_images_exist() -> None:
