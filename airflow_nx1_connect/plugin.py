@@ -33,6 +33,12 @@ def _fastapi_apps() -> list[dict[str, Any]]:
     return [{"app": app, "url_prefix": "/nx1", "name": "NX1 Connect data API"}]
 
 
+def _fastapi_root_middlewares() -> list[dict[str, Any]]:
+    from airflow_nx1_connect.web.streams import WholeSnapshotStreams
+
+    return [{"middleware": WholeSnapshotStreams, "name": "NX1 Connect whole-snapshot streams"}]
+
+
 def _appbuilder_views() -> list[dict[str, Any]]:
     from airflow_nx1_connect.web.admin import appbuilder_views
 
@@ -46,6 +52,9 @@ class Nx1ConnectPlugin(AirflowPlugin):
     # The data REST API: /pluginsv2/nx1/api/v1/... (Flask) and /nx1/api/v1/... (FastAPI).
     flask_blueprints = _Lazy(_flask_blueprints)  # type: ignore[assignment]
     fastapi_apps = _Lazy(_fastapi_apps)  # type: ignore[assignment]
+    # Whole-snapshot streams under /pluginsv2/nx1/api/v1 answered without Starlette's
+    # WSGI middleware, which buffers a WSGI body without bound (see web.streams).
+    fastapi_root_middlewares = _Lazy(_fastapi_root_middlewares)  # type: ignore[assignment]
     # The admin view (FAB, served under /pluginsv2/nx1connect/) and its entry in the
     # Airflow 3 UI's navigation (a top-level sidebar item), shown inside the UI at
     # /plugin/nx1-connect.

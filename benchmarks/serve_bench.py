@@ -1,4 +1,4 @@
-"""Serving benchmark: R1 (page req/s and p99), R2 (CSV stream MB/s, server RSS), R3 (key check).
+"""Serving benchmark: R1 (page req/s, p99), R2 (CSV stream MB/s, RSS), R3 (key check), R5, R6.
 
     uv run python -m benchmarks.serve_bench [--quick]
 
@@ -20,6 +20,13 @@ Airflow's api-server runs it), and `datasette serve`.
 - R3: `core.keys.verify_key` in-process on the same store, mean time per call (best of
   5 rounds), and its share of a whole in-process `core.serving.handle` of the R1 request
   (best of 5 rounds). Target < 0.1 ms.
+- R5: the whole snapshot as Arrow IPC (`format=arrow`), rows/s, against our own CSV stream
+  of the same run (its best of two). Target: >= 2x. Parquet (`format=parquet`) rows/s
+  reported beside it.
+- R6: the whole snapshot as CSV with `Accept-Encoding: gzip`, uncompressed MB/s delivered
+  (the client decompresses), against the plain CSV stream. Target: >= 0.5x.
+Plain streams are asked with `Accept-Encoding: identity` (httpx asks for gzip by default).
+Each of R5 / R6's streams is the best of two downloads (a shared machine: noisy).
 """
 
 from __future__ import annotations
@@ -233,8 +240,13 @@ def load(port: int, path: str, headers: dict[str, str], count: int) -> tuple[flo
     return len(latencies) / elapsed, p99 * 1000
 
 
-def stream(port: int, path: str, headers: dict[str, str], pid: int) -> tuple[float, int, dict]:
-    """(seconds, bytes, RSS kB before/peak/after) to download `path` whole."""
+def stream(
+    port: int, path: str, headers: dict[str, str], pid: int, decoded: bool = False
+) -> tuple[float, int, dict]:
+    """(seconds, bytes, RSS kB before/peak/after) to download `path` whole.
+
+    `decoded`: count the bytes after the client undid the Content-Encoding (gzip).
+    """
     before = rss_kb(pid)
     peak = [before]
     done = threading.Event()
@@ -256,7 +268,8 @@ def stream(port: int, path: str, headers: dict[str, str], pid: int) -> tuple[flo
     ) as response:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code} for {path}")
-        for chunk in response.iter_raw(1 << 20):
+        chunks = response.iter_bytes(1 << 20) if decoded else response.iter_raw(1 << 20)
+        for chunk in chunks:
             size += len(chunk)
     elapsed = time.perf_counter() - t0
     done.set()
@@ -342,7 +355,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "--port", str(peer_port), "--setting", "max_csv_mb", "0",
         ]  # fmt: skip
         base = f"/api/v1/data-apis/{NAME}"
-        auth = {"X-API-Key": key}
+        auth = {"X-API-Key": key, "Accept-Encoding": "identity"}
         ours_page = f"{base}/latest?limit={PAGE}"
         peer_page = f"/peer/rows.json?_size={PAGE}&_nocount=1&_nofacet=1&_nosuggest=1"
         ours_csv = f"{base}/latest?format=csv"
@@ -359,6 +372,17 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             ours_streams = [stream(ours_port, ours_csv, auth, ours_pid) for _ in range(2)]
             results["ours_r2"] = min(ours_streams, key=lambda r: r[0])
             results["ours_rss"] = [r[2] for r in ours_streams]
+            for fmt in ("arrow", "parquet"):
+                results[f"ours_{fmt}"] = min(
+                    (stream(ours_port, f"{base}/latest?format={fmt}", auth, ours_pid)
+                     for _ in range(2)),
+                    key=lambda r: r[0],
+                )  # fmt: skip
+            gz = {**auth, "Accept-Encoding": "gzip"}
+            results["ours_gzip"] = min(
+                (stream(ours_port, ours_csv, gz, ours_pid, decoded=True) for _ in range(2)),
+                key=lambda r: r[0],
+            )
         with serve(peer_argv, peer_port, "/-/versions.json", env) as peer_pid:
             results["peer_r1"] = max(
                 (load(peer_port, peer_page, {}, size["requests"]) for _ in range(size["repeats"])),
@@ -442,6 +466,50 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "ratio": "",
             "target": "flat (< 5 MB)",
             "met": second_mb < 5,
+        }
+    )
+    csv_rps = n / o_s
+    arrow_rps = n / results["ours_arrow"][0]
+    parquet_rps = n / results["ours_parquet"][0]
+    say(
+        f"R5 arrow {arrow_rps:,.0f} rows/s ({results['ours_arrow'][1] / 1e6:.1f} MB), parquet "
+        f"{parquet_rps:,.0f} rows/s ({results['ours_parquet'][1] / 1e6:.1f} MB), CSV "
+        f"{csv_rps:,.0f} rows/s"
+    )
+    rows.append(
+        {
+            "id": "R5",
+            "figure": f"whole snapshot as Arrow IPC, {n:,} rows (rows/s) vs our CSV stream",
+            "ours": round(arrow_rps),
+            "peer": round(csv_rps),
+            "ratio": round(arrow_rps / csv_rps, 2),
+            "target": ">= 2x",
+            "met": arrow_rps / csv_rps >= 2,
+        }
+    )
+    rows.append(
+        {
+            "id": "R5",
+            "figure": f"whole snapshot as Parquet, {n:,} rows (rows/s) vs our CSV stream",
+            "ours": round(parquet_rps),
+            "peer": round(csv_rps),
+            "ratio": round(parquet_rps / csv_rps, 2),
+            "target": "report",
+            "met": True,
+        }
+    )
+    g_s, g_b, _ = results["ours_gzip"]
+    g_mbs = g_b / g_s / 1e6
+    say(f"R6 gzip CSV {g_b / 1e6:.1f} MB uncompressed in {g_s:.2f}s; plain {o_mbs:.1f} MB/s")
+    rows.append(
+        {
+            "id": "R6",
+            "figure": "whole snapshot as gzip CSV, uncompressed MB/s vs the plain CSV stream",
+            "ours": round(g_mbs, 1),
+            "peer": round(o_mbs, 1),
+            "ratio": round(g_mbs / o_mbs, 2),
+            "target": ">= 0.5x",
+            "met": g_mbs / o_mbs >= 0.5,
         }
     )
     say(f"R3 verify_key {verify_ms:.3f} ms, whole request in-process {handle_ms:.3f} ms")

@@ -7,7 +7,10 @@ A snapshot column has one of eight type *families* (`FAMILIES`). For each, `TYPE
   dialect (None: the driver takes the value as it is);
 - `decode`: how a stored value is read back as the Python value it was (None: as is);
 - `json`: how a stored value becomes the JSON value the data API sends (None: as is);
-- `csv`: how a stored value becomes CSV text (None: the csv module writes it as is).
+- `csv`: how a stored value becomes CSV text (None: the csv module writes it as is);
+- `arrow`: the Arrow type of the column in `format=arrow` / `format=parquet` (see
+  `ARROW_TYPES`), and `arrow_value`: how a stored value is turned into a value of that type
+  before an Arrow array is built (None: stored values are cast by Arrow, column-wise).
 
 Stored forms: SQLite keeps NUMERIC, DATE, TIMESTAMP and JSON as text and BOOLEAN as 0/1;
 PostgreSQL keeps NUMERIC as `numeric`, DATE as `date`, BOOLEAN as `boolean`, TIMESTAMP and
@@ -18,6 +21,10 @@ Every converter is only called for non-NULL values; NULL is JSON null and an emp
 field. NUMERIC is exact text in JSON (a JSON number would lose digits), BOOLEAN is
 true/false in both, DATE/TIMESTAMP are ISO 8601 (aware times in UTC with `Z`). REAL NaN
 and infinity have no JSON number: they are null in JSON and `nan`/`inf` in CSV.
+
+In Arrow and Parquet, NUMERIC is exact decimal text (utf8): the store keeps no precision
+for it, so no decimal128 type fits every value; the field's metadata says so. JSON is its
+text (utf8); TIMESTAMP is timestamp[us, UTC], naive source times read as UTC.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from typing import Any
 from airflow_nx1_connect.core.clock import iso
 
 Convert = Callable[[Any], Any]
+
+#: The Arrow types the table names (built by `core.serving.columnar`).
+ARROW_TYPES = ("int64", "float64", "utf8", "bool", "date32", "timestamp[us, UTC]")
 
 FAMILIES = ("TEXT", "INTEGER", "REAL", "NUMERIC", "BOOLEAN", "DATE", "TIMESTAMP", "JSON")
 DIALECTS = ("sqlite", "postgresql")
@@ -55,6 +65,8 @@ class ColumnType:
     decode: Convert | None
     json: Convert | None
     csv: Convert | None
+    arrow: str = "utf8"
+    arrow_value: Convert | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,10 +162,22 @@ TYPES: dict[str, ColumnType] = {
     t.family: t
     for t in (
         ColumnType(
-            "TEXT", {"sqlite": "TEXT", "postgresql": "text"}, _both(_text), None, None, None
+            "TEXT",
+            {"sqlite": "TEXT", "postgresql": "text"},
+            _both(_text),
+            None,
+            None,
+            None,
+            "utf8",
         ),
         ColumnType(
-            "INTEGER", {"sqlite": "INTEGER", "postgresql": "bigint"}, _both(None), None, None, None
+            "INTEGER",
+            {"sqlite": "INTEGER", "postgresql": "bigint"},
+            _both(None),
+            None,
+            None,
+            None,
+            "int64",
         ),
         ColumnType(
             "REAL",
@@ -162,6 +186,7 @@ TYPES: dict[str, ColumnType] = {
             None,
             None,
             None,
+            "float64",
         ),
         ColumnType(
             "NUMERIC",
@@ -170,6 +195,8 @@ TYPES: dict[str, ColumnType] = {
             _decimal,
             str,
             None,
+            "utf8",
+            str,
         ),
         ColumnType(
             "BOOLEAN",
@@ -178,6 +205,7 @@ TYPES: dict[str, ColumnType] = {
             bool,
             bool,
             _bool_text,
+            "bool",
         ),
         ColumnType(
             "DATE",
@@ -186,6 +214,7 @@ TYPES: dict[str, ColumnType] = {
             _date,
             _iso_text,
             _iso_text,
+            "date32",
         ),
         ColumnType(
             "TIMESTAMP",
@@ -194,6 +223,7 @@ TYPES: dict[str, ColumnType] = {
             _datetime,
             _timestamp_text,
             _timestamp_text,
+            "timestamp[us, UTC]",
         ),
         ColumnType(
             "JSON",
@@ -202,10 +232,13 @@ TYPES: dict[str, ColumnType] = {
             _json_load,
             _json_load,
             None,
+            "utf8",
+            _json_dump,
         ),
     )
 }
 assert tuple(TYPES) == FAMILIES
+assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 
 
 def sql_type(family: str, dialect: str) -> str:
@@ -218,7 +251,7 @@ def converters(
 ) -> list[tuple[int, Convert]]:
     """(position, converter) for the columns whose `what` converter is not None.
 
-    `what` is `store` (needs `dialect`), `decode`, `json` or `csv`.
+    `what` is `store` (needs `dialect`), `decode`, `json`, `csv` or `arrow_value`.
     """
     out = []
     for i, column in enumerate(columns):

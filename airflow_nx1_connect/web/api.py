@@ -151,8 +151,11 @@ def _rows_parameters() -> list[dict[str, Any]]:
             "in": "query",
             "required": False,
             "description": (
-                "json, csv or ndjson. Without it, the Accept header chooses (text/csv, "
-                "application/x-ndjson); JSON otherwise."
+                "json, csv, ndjson, arrow (Arrow IPC stream) or parquet. Without it, the "
+                "Accept header chooses (text/csv, application/x-ndjson, "
+                "application/vnd.apache.arrow.stream, application/vnd.apache.parquet); JSON "
+                "otherwise. JSON, CSV and NDJSON are gzip-compressed for "
+                "`Accept-Encoding: gzip`."
             ),
             "schema": {"type": "string", "enum": list(serving.FORMATS)},
         },
@@ -163,8 +166,8 @@ def _rows_parameters() -> list[dict[str, Any]]:
 def _rows_responses() -> dict[int | str, dict[str, Any]]:
     return {
         200: {
-            "description": "A page of rows (JSON), or CSV / NDJSON (a page with limit, "
-            "the whole snapshot from start without).",
+            "description": "A page of rows (JSON), or CSV / NDJSON / Arrow / Parquet (a "
+            "page with limit, the whole snapshot from start without).",
             "headers": {
                 **_CACHE_HEADERS,
                 "Link": {
@@ -176,6 +179,12 @@ def _rows_responses() -> dict[int | str, dict[str, Any]]:
             "content": {
                 "text/csv": {"schema": {"type": "string"}},
                 "application/x-ndjson": {"schema": {"type": "string"}},
+                "application/vnd.apache.arrow.stream": {
+                    "schema": {"type": "string", "format": "binary"}
+                },
+                "application/vnd.apache.parquet": {
+                    "schema": {"type": "string", "format": "binary"}
+                },
             },
         },
         304: _NOT_MODIFIED,
@@ -299,6 +308,8 @@ def create_app() -> FastAPI:
             },
         )
         app.add_api_route(API_PREFIX + path, view, methods=["HEAD"], include_in_schema=False)
+        # CORS preflights are answered (or refused) by core.serving, like on the blueprint.
+        app.add_api_route(API_PREFIX + path, view, methods=["OPTIONS"], include_in_schema=False)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:

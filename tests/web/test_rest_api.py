@@ -737,6 +737,8 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
         "application/json",
         "text/csv",
         "application/x-ndjson",
+        "application/vnd.apache.arrow.stream",
+        "application/vnd.apache.parquet",
     }
     assert latest["responses"]["401"]["content"][PROBLEM]["schema"] == {
         "$ref": "#/components/schemas/Problem"

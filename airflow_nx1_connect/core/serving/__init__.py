@@ -6,8 +6,9 @@ framework's request into a `Request`, call `handle` (or `route_not_found` /
 
 Where things are: `http` (request, response, problems, the one exception mapping,
 conditional requests), `auth` (the key), `params` (query parameters), `encoders` (JSON,
-CSV, NDJSON from stored values), `changes` (the change feed, computed by `core.changes`);
-rows are read by `core.reads`. This module routes.
+CSV, NDJSON from stored values), `columnar` (Arrow IPC and Parquet), `compression`
+(gzip), `cors` (CORS preflight and headers), `changes` (the change feed, computed by
+`core.changes`); rows are read by `core.reads`. This module routes.
 
 Order of checks on every data API route (so an unauthenticated caller learns nothing):
 
@@ -19,14 +20,16 @@ Order of checks on every data API route (so an unauthenticated caller learns not
 6. the query parameters `start`, `limit`, `columns`, `format`: 400.
 
 ETags hash the snapshot id with the request's shape (route, start, limit, columns,
-format), so a 304 costs no row read; a snapshot's own URL is `immutable`, `latest` and the
-catalogue routes live 30 seconds. CSV and NDJSON without `limit` stream the whole
-snapshot from `start`, one 10,000-row keyset batch at a time.
+format), so a 304 costs no row read; a gzip body has its own ETag. A snapshot's own URL is
+`immutable`, `latest` and the catalogue routes live 30 seconds. CSV, NDJSON, Arrow and
+Parquet without `limit` stream the whole snapshot from `start`, one 10,000-row keyset
+batch at a time (an Arrow record batch / a Parquet row group each).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
@@ -37,6 +40,8 @@ from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
 from airflow_nx1_connect.core.serving.changes import changes_response
+from airflow_nx1_connect.core.serving.columnar import columnar_stream
+from airflow_nx1_connect.core.serving.cors import add_cors_headers, is_preflight, preflight
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
     csv_header,
@@ -67,6 +72,7 @@ from airflow_nx1_connect.core.serving.params import (
     FORMATS,
     MAX_START,
     MEDIA_TYPES,
+    TEXT_FORMATS,
     parse_rows_params,
 )
 from airflow_nx1_connect.core.settings import Settings, current_settings
@@ -111,7 +117,36 @@ def handle(
     """Serve one request to `endpoint` (a key of ROUTES). Never raises.
 
     `engine` and `settings` default to the configured store and `[nx1_connect]` options.
+    CORS (`cors`): a preflight is answered here; every answer gets the CORS headers.
     """
+    try:
+        settings = settings or current_settings()
+    except Exception:  # reported by _handle below, as every request would be
+        origins: tuple[str, ...] = ()
+    else:
+        origins = settings.cors_allowed_origins
+    if endpoint in ROUTES and is_preflight(request):
+        answer = preflight(request, origins)
+        if answer is not None:
+            return answer
+        response = method_not_allowed(request)
+    else:
+        response = _handle(
+            endpoint, request, name=name, snapshot_id=snapshot_id, engine=engine, settings=settings
+        )
+    add_cors_headers(request, response, origins)
+    return response
+
+
+def _handle(
+    endpoint: str,
+    request: Request,
+    *,
+    name: str,
+    snapshot_id: str | None,
+    engine: sa.Engine | None,
+    settings: Settings | None,
+) -> Response:
     if endpoint not in ROUTES:
         return route_not_found(request)
     if request.method not in ALLOWED_METHODS:
@@ -166,6 +201,7 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
         cache_control=SHORT_LIVED,
         media_type=MEDIA_TYPES["json"],
         body=lambda: body,
+        compressible=True,
     )
 
 
@@ -181,6 +217,7 @@ def _snapshots_response(engine: sa.Engine, request: Request, name: str) -> Respo
         cache_control=SHORT_LIVED,
         media_type=MEDIA_TYPES["json"],
         body=lambda: body,
+        compressible=True,
     )
 
 
@@ -212,6 +249,8 @@ def _rows_response(
         def body() -> bytes | Iterator[bytes]:
             batches = reads.iter_raw_rows(engine, snapshot, columns, start=params.start)
             first = next(batches, None)
+            if params.format in ("arrow", "parquet"):
+                return columnar_stream(params.format, columns, chain([first or []], batches))
             return stream(params.format, names, first, batches, csv_rows, json_values)
 
     else:
@@ -228,6 +267,8 @@ def _rows_response(
                 return csv_header(names) + csv_rows(rows)
             if params.format == "ndjson":
                 return ndjson_rows(names, json_values(rows))
+            if params.format in ("arrow", "parquet"):
+                return b"".join(columnar_stream(params.format, columns, [rows]))
             return dumps(
                 {
                     "data_api": name,
@@ -251,6 +292,7 @@ def _rows_response(
         media_type=MEDIA_TYPES[params.format],
         body=body,
         extra=extra,
+        compressible=params.format in TEXT_FORMATS,
     )
 
 

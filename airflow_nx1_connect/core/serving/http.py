@@ -30,6 +30,7 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from airflow_nx1_connect.core.serving import compression
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +290,28 @@ def finish(
     media_type: str,
     body: Callable[[], bytes | Iterator[bytes]],
     extra: Sequence[tuple[str, str]] = (),
+    compressible: bool = False,
 ) -> Response:
-    """A 200 with validators and caching headers, or a 304 when the client's copy is current."""
-    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", VARY)]
+    """A 200 with validators and caching headers, or a 304 when the client's copy is current.
+
+    `compressible` bodies (JSON, CSV, NDJSON) are gzip-compressed when the client accepts
+    it, with their own ETag (see `compression`).
+    """
+    gzip = compressible and compression.accepts_gzip(request)
+    if gzip:
+        etag = compression.gzip_etag(etag)
+    vary = f"{VARY}, Accept-Encoding" if compressible else VARY
+    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", vary)]
     if not_modified(request, etag, last_modified):
         # RFC 9110 15.4.5: the validators and caching headers a 200 would carry, no body.
         return Response(304, headers, b"")
     if last_modified is not None:
         headers.append(("Last-Modified", http_date(last_modified)))
-    return Response(200, [("Content-Type", media_type), *headers, *extra], body())
+    content = body()
+    if gzip:
+        headers.append(("Content-Encoding", compression.GZIP))
+        if isinstance(content, bytes | bytearray):
+            content = compression.gzip_bytes(bytes(content))
+        else:
+            content = compression.gzip_stream(content)
+    return Response(200, [("Content-Type", media_type), *headers, *extra], content)

@@ -14,12 +14,16 @@ from airflow_nx1_connect.core.errors import ValidationError
 from airflow_nx1_connect.core.serving.http import Request
 from airflow_nx1_connect.core.settings import Settings
 
-FORMATS = ("json", "csv", "ndjson")
+FORMATS = ("json", "csv", "ndjson", "arrow", "parquet")
 MEDIA_TYPES = {
     "json": "application/json",
     "csv": "text/csv; charset=utf-8",
     "ndjson": "application/x-ndjson",
+    "arrow": "application/vnd.apache.arrow.stream",
+    "parquet": "application/vnd.apache.parquet",
 }
+#: Formats whose bodies are text, gzip-compressed when the client accepts it.
+TEXT_FORMATS = ("json", "csv", "ndjson")
 #: Largest `start` accepted (keeps the value inside a signed 64-bit integer).
 MAX_START = 2**62
 DIGITS = re.compile(r"^[0-9]+$")
@@ -43,7 +47,7 @@ def single_param(query: Sequence[tuple[str, str]], name: str) -> str | None:
 
 
 def negotiate(accept: str | None) -> str:
-    """The format an `Accept` header asks for; JSON unless CSV or NDJSON is preferred."""
+    """The format an `Accept` header asks for; JSON unless another format is preferred."""
     if not accept:
         return "json"
     best, best_q = "json", -1.0
@@ -65,6 +69,8 @@ def negotiate(accept: str | None) -> str:
             "application/ndjson": "ndjson",
             "application/jsonl": "ndjson",
             "application/json": "json",
+            "application/vnd.apache.arrow.stream": "arrow",
+            "application/vnd.apache.parquet": "parquet",
         }.get(media)
         if fmt is None or q <= 0:
             continue
