@@ -216,7 +216,7 @@ def _changes_responses() -> dict[int | str, dict[str, Any]]:
     responses = _rows_responses()
     responses[200] = {
         **responses[200],
-        "description": "A page of changes (JSON), or CSV / NDJSON with a leading `_op` "
+        "description": "A page of changes (JSON), or CSV / NDJSON / Arrow with a leading `_op` "
         "column (a page with limit, the whole feed from start without).",
         "model": models.ChangesPage,
     }

@@ -428,3 +428,21 @@ def test_openapi_describes_changes(adapters: list[Adapter]) -> None:
     assert op["responses"]["410"]["content"][PROBLEM]["schema"] == {
         "$ref": "#/components/schemas/Problem"
     }
+
+
+@pytest.mark.parametrize("limit", ["", "&limit=7"])
+def test_arrow_feed_has_a_leading_op_column(
+    limit: str, adapters: list[Adapter], feed_store: FeedStore
+) -> None:
+    import pyarrow.ipc
+
+    want = expected_keyed(V1, V2)
+    answer = both(
+        adapters, feed(feed_store, "v1", "v2", f"&format=arrow{limit}"), key(feed_store, "orders")
+    )
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pyarrow.ipc.open_stream(answer.body).read_all()
+    assert table.column_names == ["_op", *NAMES]
+    got = [list(row.values()) for row in table.to_pylist()]
+    assert [r[:2] for r in got] == [r[:2] for r in (want[:7] if limit else want)]

@@ -1,8 +1,8 @@
 """`GET {base}/data-apis/{name}/changes?since=<id>[&to=<id>]`: the change feed, served.
 
 The feed itself is computed by `core.changes`; this module reads the parameters, pages
-and encodes. JSON pages carry `from`, `to` and `data` (`columns` led by `_op`); CSV and
-NDJSON have a leading `_op` column and, without `limit`, stream the whole feed from one
+and encodes. JSON pages carry `from`, `to` and `data` (`columns` led by `_op`); CSV,
+NDJSON and Arrow have a leading `_op` column and, without `limit`, stream the whole feed from one
 query in constant memory. `next_url` and `Link` name the resolved `to` snapshot, so a
 publish between pages never shifts them. With both ids given the answer never changes
 (`immutable`); with `to` left to mean the latest it lives 30 seconds.
@@ -11,12 +11,14 @@ publish between pages never shifts them. With both ids given the answer never ch
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import changes
 from airflow_nx1_connect.core.errors import ValidationError
+from airflow_nx1_connect.core.serving.columnar import columnar_stream
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
     csv_header,
@@ -37,7 +39,7 @@ from airflow_nx1_connect.core.serving.params import MEDIA_TYPES, parse_rows_para
 from airflow_nx1_connect.core.settings import Settings
 
 #: The formats a change feed is served in.
-CHANGE_FORMATS = ("json", "csv", "ndjson")
+CHANGE_FORMATS = ("json", "csv", "ndjson", "arrow")
 
 
 def changes_response(
@@ -73,6 +75,9 @@ def changes_response(
             # The query runs now, so an error is a problem answer, not a cut stream.
             batches = changes.iter_changes(engine, span, columns, start=params.start)
             first = next(batches, None)
+            if params.format == "arrow":
+                rest = [first] if first is not None else []
+                return _closing(columnar_stream("arrow", columns, chain(rest, batches)), batches)
             return _closing(
                 stream(params.format, names, first, batches, csv_rows, json_values), batches
             )
@@ -88,6 +93,8 @@ def changes_response(
             extra.append(("Link", f'<{url}>; rel="next"'))
 
         def body() -> bytes | Iterator[bytes]:
+            if params.format == "arrow":
+                return b"".join(columnar_stream("arrow", columns, [rows]))
             if params.format == "csv":
                 return csv_header(names) + csv_rows(rows)
             if params.format == "ndjson":
