@@ -105,8 +105,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     ),
     431: _problem("The request headers are larger than 32 KiB."),
     503: _problem(
-        "The snapshot store or the rate limit storage cannot be reached (answered within "
-        "seconds).",
+        "The snapshot store or the rate limit storage cannot be reached (answered within seconds).",
         {"Retry-After": {"schema": {"type": "string"}}},
     ),
 }
