@@ -66,8 +66,11 @@ def pending(engine: Engine) -> _Counts:
         return Counter(_pending.get(engine, ()))
 
 
-def flush() -> None:
-    """Write every pending count to its store now (one transaction per store); never raises."""
+def flush(*, at_exit: bool = False) -> None:
+    """Write every pending count to its store now (one transaction per store); never raises.
+
+    A store that fails keeps its counts for the next flush (logged; at exit, at debug level).
+    """
     with _flush_lock:
         with _lock:
             taken = {engine: counts for engine, counts in _pending.items() if counts}
@@ -76,7 +79,11 @@ def flush() -> None:
             try:
                 _write(engine, counts)
             except Exception as exc:  # the store is down: keep the counts for the next flush
-                log.warning("Could not flush data API key usage: %s", type(exc).__name__)
+                log.log(
+                    logging.DEBUG if at_exit else logging.WARNING,
+                    "Could not flush data API key usage: %s",
+                    type(exc).__name__,
+                )
                 with _lock:
                     _pending.setdefault(engine, Counter()).update(counts)
 
@@ -150,4 +157,4 @@ def usage_for_keys(
     return result
 
 
-atexit.register(flush)
+atexit.register(flush, at_exit=True)
