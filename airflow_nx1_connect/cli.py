@@ -337,13 +337,18 @@ def keys_create(
 @json_option
 def keys_list(data_api: str | None, as_json: bool) -> None:
     """List keys: id, prefix, data API, description, created, expires, last used, status,
-    scopes and rate limit (requests per minute; - = the default).
+    scopes, rate limit (requests per minute; - = the default) and usage (requests today /
+    in the last 7 days / in all; UTC days, flushed by the servers every few seconds).
 
     Never shows a key or its hash.
     """
     from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core.usage import usage_for_keys
 
-    items = [core_keys.key_to_dict(k) for k in core_keys.list_keys(_engine(), data_api=data_api)]
+    engine = _engine()
+    found = core_keys.list_keys(engine, data_api=data_api)
+    used = usage_for_keys(engine, [k.id for k in found])
+    items = [{**core_keys.key_to_dict(k), "usage": used[k.id]} for k in found]
     if as_json:
         _print_json(items)
         return
@@ -352,12 +357,17 @@ def keys_list(data_api: str | None, as_json: bool) -> None:
         return
     fields = ["key_id", "prefix", "data_api", "description", "created", "expires", "last_used"]
     _print_table(
-        [f.replace("_", " ").upper() for f in fields] + ["STATUS", "SCOPES", "RATE LIMIT"],
+        [f.replace("_", " ").upper() for f in fields] + ["STATUS", "SCOPES", "RATE LIMIT", "USAGE"],
         [
-            [i[f] for f in fields] + [i["status"], ",".join(i["scopes"]), i["rate_limit"]]
+            [i[f] for f in fields]
+            + [i["status"], ",".join(i["scopes"]), i["rate_limit"], _usage_cell(i["usage"])]
             for i in items
         ],
     )
+
+
+def _usage_cell(usage: dict[str, int]) -> str:
+    return f"{usage['today']}/{usage['last_7_days']}/{usage['total']}"
 
 
 @keys.command("extend")

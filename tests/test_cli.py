@@ -140,7 +140,7 @@ def test_key_lifecycle(sales):
     table = ok("keys", "list", "--data-api", "sales").stdout.splitlines()
     assert table[0].split() == [
         "KEY", "ID", "PREFIX", "DATA", "API", "DESCRIPTION", "CREATED", "EXPIRES", "LAST",
-        "USED", "STATUS", "SCOPES", "RATE", "LIMIT",
+        "USED", "STATUS", "SCOPES", "RATE", "LIMIT", "USAGE",
     ]  # fmt: skip
     assert table[1].split()[:3] == [key_id, secret[:12], "sales"]
     assert table[1].index(secret[:12]) == table[0].index("PREFIX")  # aligned columns

@@ -66,3 +66,21 @@ class AuthError(Nx1Error):
 
 class Forbidden(Nx1Error):
     """A valid key was presented for another data API (public: 403)."""
+
+
+class RateLimited(Nx1Error):
+    """A data API key is over its requests per minute (public: 429 with `Retry-After`)."""
+
+    def __init__(self, *, limit: int, window: int, retry_after: int) -> None:
+        super().__init__(
+            f"This key may make {limit} requests per {window} seconds and has made them; "
+            f"retry after {retry_after} seconds, or ask the data API's owner for a higher "
+            "rate limit."
+        )
+        self.limit = limit
+        self.window = window
+        self.retry_after = retry_after
+
+
+class RateLimitUnavailable(Nx1Error):
+    """The rate limit storage (`[nx1_connect] rate_limit_storage`) cannot be reached."""

@@ -85,9 +85,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: _problem("No such data API route, no snapshot published yet, or unknown snapshot id."),
     405: _problem("Only GET and HEAD are allowed."),
     414: _problem("The query string is larger than 8 KiB."),
+    429: _problem(
+        "The key is over its rate limit (requests per minute; see [nx1_connect] "
+        "default_rate_limit).",
+        {
+            "Retry-After": {
+                "description": "Seconds until the key's one-minute window ends.",
+                "schema": {"type": "string"},
+            },
+            "RateLimit-Policy": {
+                "description": 'IETF draft field: `"per-key";q=<limit>;w=60`.',
+                "schema": {"type": "string"},
+            },
+            "RateLimit": {
+                "description": 'IETF draft field: `"per-key";r=0;t=<seconds>`.',
+                "schema": {"type": "string"},
+            },
+        },
+    ),
     431: _problem("The request headers are larger than 32 KiB."),
     503: _problem(
-        "The snapshot store cannot be reached (answered within seconds).",
+        "The snapshot store or the rate limit storage cannot be reached (answered within seconds).",
         {"Retry-After": {"schema": {"type": "string"}}},
     ),
 }

@@ -730,8 +730,14 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
         "404",
         "405",
         "414",
+        "429",
         "431",
         "503",
+    }
+    assert set(latest["responses"]["429"]["headers"]) == {
+        "Retry-After",
+        "RateLimit-Policy",
+        "RateLimit",
     }
     assert set(latest["responses"]["200"]["content"]) == {
         "application/json",

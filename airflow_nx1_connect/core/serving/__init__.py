@@ -16,6 +16,8 @@ Order of checks on every data API route (so an unauthenticated caller learns not
 2. a key in the query string: 400, before anything else, without echoing or logging it;
 3. authentication (`Authorization: Bearer` or `X-API-Key`): 401;
 4. the key's data API against the name in the path: 403, whether or not the name exists;
+4b. the key's rate limit (`core.ratelimit`): 429 with `Retry-After`, `RateLimit-Policy` and
+    `RateLimit`; an admitted request is counted for the key's usage (`core.usage`);
 5. the snapshot (none published yet, unknown or no longer retained id): 404;
 6. the query parameters `start`, `limit`, `columns`, `format`: 400.
 
@@ -34,7 +36,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import reads
+from airflow_nx1_connect.core import ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
@@ -156,7 +158,10 @@ def _handle(
         refuse_key_in_query(request.query)
         settings = settings or current_settings()
         engine = engine or get_engine(settings.sql_alchemy_conn)
-        authenticate(engine, request, name)
+        key = authenticate(engine, request, name)
+        limit = ratelimit.effective_limit(key.rate_limit, settings.default_rate_limit)
+        ratelimit.check(key.id, limit, settings.rate_limit_storage)
+        usage.record(engine, key.id)
         if endpoint == "data_api":
             response = _data_api_response(engine, request, name)
         elif endpoint == "snapshots":

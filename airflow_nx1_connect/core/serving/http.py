@@ -25,11 +25,14 @@ from airflow_nx1_connect.core.errors import (
     ConfigError,
     Forbidden,
     NotFound,
+    RateLimited,
+    RateLimitUnavailable,
     SnapshotGone,
     StoreNotMigrated,
     StoreUnavailable,
     ValidationError,
 )
+from airflow_nx1_connect.core.ratelimit import headers as rate_limit_headers
 from airflow_nx1_connect.core.serving import compression
 
 log = logging.getLogger(__name__)
@@ -232,6 +235,18 @@ def problem_for(exc: BaseException) -> Response:
         )
     if isinstance(exc, ValidationError):
         return problem(400, "invalid-parameter", "Invalid request", str(exc))
+    if isinstance(exc, RateLimited):
+        return problem(429, "rate-limited", "Too many requests", str(exc), rate_limit_headers(exc))
+    if isinstance(exc, RateLimitUnavailable):
+        log.warning("Rate limit storage unavailable: %s", exc)
+        return problem(
+            503,
+            "rate-limit-unavailable",
+            "Rate limit storage unavailable",
+            "The rate limit counters ([nx1_connect] rate_limit_storage) cannot be reached "
+            "right now; try again in a few seconds.",
+            [("Retry-After", RETRY_AFTER_S)],
+        )
     if isinstance(exc, SnapshotGone):
         return problem(410, "snapshot-gone", "Snapshot no longer available", str(exc))
     if isinstance(exc, NotFound):
