@@ -66,3 +66,15 @@ class AuthError(Nx1Error):
 
 class Forbidden(Nx1Error):
     """A valid key was presented for another data API (public: 403)."""
+
+
+class MissingScope(Forbidden):
+    """A valid key of this data API lacks the scope the request needs, e.g. `run` (403)."""
+
+
+class RunRefused(Nx1Error):
+    """A run cannot be started: the rule's DAG is paused, missing or broken (public: 409)."""
+
+
+class RunsUnavailable(Nx1Error):
+    """Airflow (its metadata database) cannot be asked about runs right now (public: 503)."""

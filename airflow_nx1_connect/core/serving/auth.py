@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core.keys import verify_key
+from airflow_nx1_connect.core.keys import ApiKey, verify_key
 from airflow_nx1_connect.core.serving.http import Problem, Request
 
 #: Query parameter names (lower case, without `-` and `_`) that mean "a key is here".
@@ -77,5 +77,6 @@ def extract_key(request: Request) -> str | None:
     return bearer or header_key
 
 
-def authenticate(engine: sa.Engine, request: Request, name: str) -> None:
-    verify_key(engine, extract_key(request), name)
+def authenticate(engine: sa.Engine, request: Request, name: str) -> ApiKey:
+    """The request's key, verified for data API `name` (401 / 403 otherwise)."""
+    return verify_key(engine, extract_key(request), name)
