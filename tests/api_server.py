@@ -1,4 +1,5 @@
-"""Run a real `airflow api-server` for a test module (free port, health wait, clean stop)."""
+"""Run a real `airflow api-server` for a test module (free port, health wait, clean stop),
+and, for tests that need runs executed, the scheduler and the dag-processor beside it."""
 
 from __future__ import annotations
 
@@ -22,14 +23,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 @contextmanager
-def running_api_server(env: dict[str, str], home: Path) -> Iterator[tuple[str, Path]]:
+def running_airflow_components(
+    env: dict[str, str], home: Path, components: tuple[str, ...] = ("scheduler", "dag-processor")
+) -> Iterator[dict[str, Path]]:
+    """Start `airflow <component>` for each component; yield their log files; stop them after.
+
+    Each runs in its own process group, stopped with SIGTERM (SIGKILL after 20 s).
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: dict[str, Path] = {}
+    try:
+        for component in components:
+            logs[component] = home / f"{component}.log"
+            with logs[component].open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "airflow", component],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        yield logs
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+@contextmanager
+def running_api_server(
+    env: dict[str, str], home: Path, port: int | None = None
+) -> Iterator[tuple[str, Path]]:
     """Start `airflow api-server` with `env`; yield (its URL, its log file); stop it after.
 
     Waits up to 180 s for /api/v2/monitor/health; fails with the log's tail if the server
-    exits or does not come up.
+    exits or does not come up. `port`: a free one by default.
     """
-    port = free_port()
+    port = port or free_port()
     log = home / "api-server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -64,10 +106,4 @@ def running_api_server(env: dict[str, str], home: Path) -> Iterator[tuple[str, P
             time.sleep(0.5)
         yield url, log
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        _stop(proc)

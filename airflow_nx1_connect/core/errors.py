@@ -84,3 +84,15 @@ class RateLimited(Nx1Error):
 
 class RateLimitUnavailable(Nx1Error):
     """The rate limit storage (`[nx1_connect] rate_limit_storage`) cannot be reached."""
+
+
+class MissingScope(Forbidden):
+    """A valid key of this data API lacks the scope the request needs, e.g. `run` (403)."""
+
+
+class RunRefused(Nx1Error):
+    """A run cannot be started: the rule's DAG is paused, missing or broken (public: 409)."""
+
+
+class RunsUnavailable(Nx1Error):
+    """Airflow (its metadata database) cannot be asked about runs right now (public: 503)."""

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from airflow_nx1_connect.core import serving
 from airflow_nx1_connect.core.settings import get_settings
 from airflow_nx1_connect.web import models
+from airflow_nx1_connect.web.runs import launcher
 
 API_PREFIX = "/api/v1"
 OPENAPI_URL = f"{API_PREFIX}/openapi.json"
@@ -256,6 +257,88 @@ def _json_ok(model: type[Any], description: str) -> dict[int | str, dict[str, An
     }
 
 
+_RUN_ROUTES: dict[str, tuple[str, str, str]] = {
+    "runs": (
+        "POST",
+        "startRun",
+        "Start a run of the rule now (a key with the run scope), or get the one in progress",
+    ),
+    "run": ("GET", "getRun", "A run's state and the snapshot it published"),
+}
+
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (1..60): answer when the run ends or after N seconds.",
+    "schema": {"type": "string", "pattern": "wait=\\d+"},
+}
+
+_RUN_HEADERS = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the request had `Prefer: wait=N`.",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _run_responses(endpoint: str) -> dict[int | str, dict[str, Any]]:
+    errors = {**_ERRORS, 404: _problem("No such data API or run.")}
+    errors[400] = _problem("A key in the query string, or a Prefer wait outside 1..60.")
+    if endpoint == "run":
+        return {
+            200: {"description": "The run.", "headers": _RUN_HEADERS, "model": models.RunStatus},
+            **errors,
+        }
+    location = {"Location": {"description": "The run's status_url.", "schema": {"type": "string"}}}
+    return {
+        200: {
+            "description": "With Prefer: wait: the run ended within the wait (its snapshot "
+            "on success).",
+            "headers": {**_RUN_HEADERS, **location},
+            "model": models.RunStarted,
+        },
+        202: {
+            "description": "The run is queued or running (a new one, or the one an earlier "
+            "request started).",
+            "headers": {**_RUN_HEADERS, **location},
+            "model": models.RunStarted,
+        },
+        **errors,
+        403: _problem("The key belongs to another data API, or lacks the run scope."),
+        405: _problem("Only POST is allowed."),
+        409: _problem("The rule's DAG is paused, missing or has import errors."),
+        503: _problem(
+            "The snapshot store or Airflow's metadata database cannot be reached.",
+            {"Retry-After": {"schema": {"type": "string"}}},
+        ),
+    }
+
+
+def _add_run_route(app: FastAPI, endpoint: str, view: Any) -> None:
+    method, operation_id, summary = _RUN_ROUTES[endpoint]
+    path = API_PREFIX + serving.ROUTES[endpoint]
+    app.add_api_route(
+        path,
+        view,
+        methods=[method],
+        operation_id=operation_id,
+        summary=summary,
+        response_class=FastAPIResponse,
+        responses=_run_responses(endpoint),
+        openapi_extra={"parameters": [_PREFER]},
+    )
+    # Every other method reaches core.serving too, which answers 405 (or a CORS preflight)
+    # exactly as the Flask blueprint does, with this route's Allow.
+    others = [
+        m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS") if m != method
+    ]
+    if endpoint == "run":
+        others.remove("HEAD")
+        app.add_api_route(path, view, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route(path, view, methods=others, include_in_schema=False)
+
+
 # ---------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------
@@ -286,9 +369,19 @@ def create_app() -> FastAPI:
                 )
 
             return snapshot_view
+        if "{run_id}" in serving.ROUTES[endpoint]:
+
+            def run_view(request: Request, name: str, run_id: str) -> FastAPIResponse:
+                return _send(
+                    serving.handle(
+                        endpoint, _request(request), name=name, run_id=run_id, launcher=launcher
+                    )
+                )
+
+            return run_view
 
         def view(request: Request, name: str) -> FastAPIResponse:
-            return _send(serving.handle(endpoint, _request(request), name=name))
+            return _send(serving.handle(endpoint, _request(request), name=name, launcher=launcher))
 
         return view
 
@@ -300,6 +393,9 @@ def create_app() -> FastAPI:
         "changes": ("getChanges", "Rows inserted, updated and deleted between two snapshots"),
     }
     for endpoint, path in serving.ROUTES.items():
+        if endpoint in _RUN_ROUTES:
+            _add_run_route(app, endpoint, make_view(endpoint))
+            continue
         operation_id, summary = summaries[endpoint]
         rows = endpoint in ("latest", "snapshot")
         view = make_view(endpoint)

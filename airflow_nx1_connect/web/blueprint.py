@@ -15,12 +15,22 @@ from flask import Response as FlaskResponse
 from werkzeug.exceptions import HTTPException
 
 from airflow_nx1_connect.core import serving
+from airflow_nx1_connect.web.runs import launcher
 
 URL_PREFIX = "/nx1/api/v1"
 #: Every method is routed here so that `serving` answers 405 the same way for both adapters.
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 bp = Blueprint("nx1_data_api", __name__, url_prefix=URL_PREFIX)
+
+
+@bp.record_once
+def _exempt_from_csrf(state: Any) -> None:
+    """Keys travel in headers, never cookies: no CSRF token on POST .../runs (the FAB app
+    that Airflow mounts at /pluginsv2 protects every POST with Flask-WTF otherwise)."""
+    csrf = state.app.extensions.get("csrf")
+    if csrf is not None:
+        csrf.exempt(bp)
 
 
 def _request() -> serving.Request:
@@ -43,7 +53,7 @@ def _send(response: serving.Response) -> FlaskResponse:
 
 
 def _route(endpoint: str, **params: Any) -> FlaskResponse:
-    return _send(serving.handle(endpoint, _request(), **params))
+    return _send(serving.handle(endpoint, _request(), launcher=launcher, **params))
 
 
 def _add(rule: str, endpoint: str) -> None:

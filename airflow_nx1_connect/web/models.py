@@ -105,3 +105,22 @@ class ChangesPage(BaseModel):
     from_: SnapshotSummary = Field(alias="from", description="The `since` snapshot.")
     to: SnapshotSummary = Field(description="The `to` snapshot (default: the latest).")
     data: ChangesData
+
+
+RunState = Literal["queued", "running", "success", "failed"]
+
+
+class RunStatus(BaseModel):
+    """A run of the data API's rule: its state and the snapshot it published (on success)."""
+
+    run_id: str = Field(description="The Airflow DAG run id.")
+    state: RunState
+    snapshot: SnapshotSummary | None = Field(
+        description="The snapshot the run published; null until it has succeeded."
+    )
+
+
+class RunStarted(RunStatus):
+    """A run started (or the API-requested run still in progress), with its status URL."""
+
+    status_url: str = Field(description="GET it for the run's state (also in `Location`).")

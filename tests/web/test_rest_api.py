@@ -715,6 +715,8 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
         "/data-apis/{name}/snapshots",
         "/data-apis/{name}/snapshots/{snapshot_id}",
         "/data-apis/{name}/changes",
+        "/data-apis/{name}/runs",
+        "/data-apis/{name}/runs/{run_id}",
     }
     assert doc["servers"] == [{"url": "/nx1"}]
     latest = doc["paths"]["/api/v1/data-apis/{name}/latest"]["get"]

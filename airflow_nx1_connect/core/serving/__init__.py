@@ -8,7 +8,8 @@ Where things are: `http` (request, response, problems, the one exception mapping
 conditional requests), `auth` (the key), `params` (query parameters), `encoders` (JSON,
 CSV, NDJSON from stored values), `columnar` (Arrow IPC and Parquet), `compression`
 (gzip), `cors` (CORS preflight and headers), `changes` (the change feed, computed by
-`core.changes`); rows are read by `core.reads`. This module routes.
+`core.changes`), `runs` (runs on demand, through `core.runs`); rows are read by
+`core.reads`. This module routes.
 
 Order of checks on every data API route (so an unauthenticated caller learns nothing):
 
@@ -20,6 +21,9 @@ Order of checks on every data API route (so an unauthenticated caller learns not
     `RateLimit`; an admitted request is counted for the key's usage (`core.usage`);
 5. the snapshot (none published yet, unknown or no longer retained id): 404;
 6. the query parameters `start`, `limit`, `columns`, `format`: 400.
+
+Every route answers GET and HEAD except `runs`, which answers POST only (ROUTE_METHODS);
+another method gets 405 with the route's `Allow`.
 
 ETags hash the snapshot id with the request's shape (route, start, limit, columns,
 format), so a 304 costs no row read; a gzip body has its own ETag. A snapshot's own URL is
@@ -40,6 +44,7 @@ from airflow_nx1_connect.core import ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
+from airflow_nx1_connect.core.runs import RunLauncher
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
 from airflow_nx1_connect.core.serving.changes import changes_response
 from airflow_nx1_connect.core.serving.columnar import columnar_stream
@@ -77,6 +82,7 @@ from airflow_nx1_connect.core.serving.params import (
     TEXT_FORMATS,
     parse_rows_params,
 )
+from airflow_nx1_connect.core.serving.runs import run_status_response, start_run_response
 from airflow_nx1_connect.core.settings import Settings, current_settings
 from airflow_nx1_connect.core.store import get_engine
 
@@ -86,6 +92,7 @@ __all__ = [
     "MAX_START",
     "PROBLEM_JSON",
     "ROUTES",
+    "ROUTE_METHODS",
     "Request",
     "Response",
     "bad_request",
@@ -104,7 +111,17 @@ ROUTES: dict[str, str] = {
     "snapshots": "/data-apis/{name}/snapshots",
     "snapshot": "/data-apis/{name}/snapshots/{snapshot_id}",
     "changes": "/data-apis/{name}/changes",
+    "runs": "/data-apis/{name}/runs",
+    "run": "/data-apis/{name}/runs/{run_id}",
 }
+
+#: The methods of each route that does not take ALLOWED_METHODS (GET, HEAD).
+ROUTE_METHODS: dict[str, tuple[str, ...]] = {"runs": ("POST",)}
+
+
+def methods_for(endpoint: str) -> tuple[str, ...]:
+    """The methods route `endpoint` answers (405 with this `Allow` for the others)."""
+    return ROUTE_METHODS.get(endpoint, ALLOWED_METHODS)
 
 
 def handle(
@@ -113,12 +130,15 @@ def handle(
     *,
     name: str,
     snapshot_id: str | None = None,
+    run_id: str | None = None,
     engine: sa.Engine | None = None,
     settings: Settings | None = None,
+    launcher: RunLauncher | None = None,
 ) -> Response:
     """Serve one request to `endpoint` (a key of ROUTES). Never raises.
 
-    `engine` and `settings` default to the configured store and `[nx1_connect]` options.
+    `engine` and `settings` default to the configured store and `[nx1_connect]` options;
+    `launcher` starts and follows DAG runs (the adapters pass Airflow's, `web.runs`).
     CORS (`cors`): a preflight is answered here; every answer gets the CORS headers.
     """
     try:
@@ -128,13 +148,20 @@ def handle(
     else:
         origins = settings.cors_allowed_origins
     if endpoint in ROUTES and is_preflight(request):
-        answer = preflight(request, origins)
+        answer = preflight(request, origins, methods_for(endpoint))
         if answer is not None:
             return answer
-        response = method_not_allowed(request)
+        response = method_not_allowed(request, methods_for(endpoint))
     else:
         response = _handle(
-            endpoint, request, name=name, snapshot_id=snapshot_id, engine=engine, settings=settings
+            endpoint,
+            request,
+            name=name,
+            snapshot_id=snapshot_id,
+            run_id=run_id,
+            engine=engine,
+            settings=settings,
+            launcher=launcher,
         )
     add_cors_headers(request, response, origins)
     return response
@@ -146,13 +173,15 @@ def _handle(
     *,
     name: str,
     snapshot_id: str | None,
+    run_id: str | None,
     engine: sa.Engine | None,
     settings: Settings | None,
+    launcher: RunLauncher | None,
 ) -> Response:
     if endpoint not in ROUTES:
         return route_not_found(request)
-    if request.method not in ALLOWED_METHODS:
-        return method_not_allowed(request)
+    if request.method not in methods_for(endpoint):
+        return method_not_allowed(request, methods_for(endpoint))
     try:
         refuse_oversized(request)
         refuse_key_in_query(request.query)
@@ -162,7 +191,11 @@ def _handle(
         limit = ratelimit.effective_limit(key.rate_limit, settings.default_rate_limit)
         ratelimit.check(key.id, limit, settings.rate_limit_storage)
         usage.record(engine, key.id)
-        if endpoint == "data_api":
+        if endpoint == "runs":
+            response = start_run_response(engine, request, name, key, launcher)
+        elif endpoint == "run":
+            response = run_status_response(engine, request, name, run_id or "", launcher)
+        elif endpoint == "data_api":
             response = _data_api_response(engine, request, name)
         elif endpoint == "snapshots":
             response = _snapshots_response(engine, request, name)

@@ -15,8 +15,23 @@ from collections.abc import Sequence
 
 from airflow_nx1_connect.core.serving.http import ALLOWED_METHODS, Request, Response
 
-ALLOW_HEADERS = ("Authorization", "X-API-Key", "Accept", "If-None-Match", "If-Modified-Since")
-EXPOSE_HEADERS = ("ETag", "Link", "Retry-After", "X-NX1-Snapshot-Id", "X-NX1-Published-At")
+ALLOW_HEADERS = (
+    "Authorization",
+    "X-API-Key",
+    "Accept",
+    "If-None-Match",
+    "If-Modified-Since",
+    "Prefer",
+)
+EXPOSE_HEADERS = (
+    "ETag",
+    "Link",
+    "Retry-After",
+    "X-NX1-Snapshot-Id",
+    "X-NX1-Published-At",
+    "Location",
+    "Preference-Applied",
+)
 MAX_AGE_S = "600"
 
 
@@ -39,7 +54,9 @@ def is_preflight(request: Request) -> bool:
     )
 
 
-def preflight(request: Request, origins: Sequence[str]) -> Response | None:
+def preflight(
+    request: Request, origins: Sequence[str], methods: Sequence[str] = ALLOWED_METHODS
+) -> Response | None:
     """The 204 answer to a preflight from an allowed origin (None: not allowed)."""
     origin = allowed_origin(request, origins)
     if origin is None:
@@ -48,7 +65,7 @@ def preflight(request: Request, origins: Sequence[str]) -> Response | None:
         204,
         [
             ("Access-Control-Allow-Origin", origin),
-            ("Access-Control-Allow-Methods", ", ".join(ALLOWED_METHODS)),
+            ("Access-Control-Allow-Methods", ", ".join(methods)),
             ("Access-Control-Allow-Headers", ", ".join(ALLOW_HEADERS)),
             ("Access-Control-Max-Age", MAX_AGE_S),
             ("Vary", "Origin"),

@@ -24,9 +24,12 @@ from airflow_nx1_connect.core.errors import (
     AuthError,
     ConfigError,
     Forbidden,
+    MissingScope,
     NotFound,
     RateLimited,
     RateLimitUnavailable,
+    RunRefused,
+    RunsUnavailable,
     SnapshotGone,
     StoreNotMigrated,
     StoreUnavailable,
@@ -139,18 +142,23 @@ def route_not_found(request: Request) -> Response:
         "Not found",
         "No such endpoint. The data API serves GET /data-apis/{name}, "
         "/data-apis/{name}/latest, /data-apis/{name}/snapshots, "
-        "/data-apis/{name}/snapshots/{snapshot_id} and /data-apis/{name}/changes.",
+        "/data-apis/{name}/snapshots/{snapshot_id}, /data-apis/{name}/changes and "
+        "/data-apis/{name}/runs/{run_id}, and POST /data-apis/{name}/runs.",
     )
 
 
-def method_not_allowed(request: Request) -> Response:
-    """The answer for a known path asked with a method other than GET or HEAD."""
+def method_not_allowed(request: Request, allowed: Sequence[str] = ALLOWED_METHODS) -> Response:
+    """The answer for a known path asked with a method it does not take (`allowed`)."""
+    if tuple(allowed) == ALLOWED_METHODS:
+        detail = f"{request.method} is not allowed here: this API is read-only; use GET."
+    else:
+        detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}."
     return problem(
         405,
         "method-not-allowed",
         "Method not allowed",
-        f"{request.method} is not allowed here: this API is read-only; use GET.",
-        [("Allow", ", ".join(ALLOWED_METHODS))],
+        detail,
+        [("Allow", ", ".join(allowed))],
     )
 
 
@@ -226,6 +234,8 @@ def problem_for(exc: BaseException) -> Response:
             "owner for a valid key.",
             [("WWW-Authenticate", 'Bearer error="invalid_token"')],
         )
+    if isinstance(exc, MissingScope):
+        return problem(403, "missing-scope", "Key lacks the scope this request needs", str(exc))
     if isinstance(exc, Forbidden):
         return problem(
             403,
@@ -251,6 +261,18 @@ def problem_for(exc: BaseException) -> Response:
         return problem(410, "snapshot-gone", "Snapshot no longer available", str(exc))
     if isinstance(exc, NotFound):
         return problem(404, "not-found", "Not found", str(exc))
+    if isinstance(exc, RunRefused):
+        return problem(409, "run-refused", "The rule cannot run now", str(exc))
+    if isinstance(exc, RunsUnavailable):
+        log.warning("Airflow runs unavailable: %s", one_line(exc))
+        return problem(
+            503,
+            "runs-unavailable",
+            "Airflow unavailable",
+            "Airflow's metadata database cannot be asked about runs right now; try again in a "
+            "few seconds.",
+            [("Retry-After", RETRY_AFTER_S)],
+        )
     if isinstance(exc, StoreUnavailable | StoreNotMigrated | ConfigError | sa.exc.SQLAlchemyError):
         log.warning("Snapshot store unavailable: %s", one_line(exc))
         return problem(

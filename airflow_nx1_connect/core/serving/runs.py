@@ -1,0 +1,118 @@
+"""Runs on demand over HTTP: `POST {base}/data-apis/{name}/runs` and `GET .../runs/{run_id}`.
+
+The POST needs a key with the `run` scope (403 without); it answers 202
+`{"run_id", "state", "status_url", "snapshot"}` with `Location: <status_url>`, the same run
+while an earlier API-requested one is still queued or running (see `core.runs`). With
+`Prefer: wait=N` (1..60) it answers when the run ends (200, with the snapshot the run
+published on success) or after N seconds (202), with `Preference-Applied: wait=N`; the
+GET honours the same preference. Run answers are never cached.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+from sqlalchemy.engine import Engine
+
+from airflow_nx1_connect.core import runs
+from airflow_nx1_connect.core.errors import MissingScope, RunsUnavailable, ValidationError
+from airflow_nx1_connect.core.keys import ApiKey
+from airflow_nx1_connect.core.serving.encoders import dumps
+from airflow_nx1_connect.core.serving.http import Request, Response
+from airflow_nx1_connect.core.serving.params import MEDIA_TYPES
+
+NO_STORE = "no-store"
+#: One preference of a `Prefer` header (RFC 7240): `token[=value]`, value maybe quoted.
+_PREFERENCE = re.compile(r'^\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)\s*(?:=\s*("[^"]*"|[^;,\s]*))?')
+
+
+def prefer_wait(request: Request) -> int | None:
+    """N of `Prefer: wait=N`, or None without one; 400 unless N is 1..MAX_WAIT_S."""
+    header = request.header("prefer")
+    if not header:
+        return None
+    for part in header.split(","):
+        match = _PREFERENCE.match(part)
+        if match is None or match.group(1).lower() != "wait":
+            continue
+        value = (match.group(2) or "").strip('"')
+        if not value.isdigit() or not 1 <= int(value) <= runs.MAX_WAIT_S:
+            raise ValidationError(
+                f"Prefer: wait=N takes a whole number of seconds from 1 to {runs.MAX_WAIT_S}; "
+                "leave the header out to get an answer at once."
+            )
+        return int(value)
+    return None
+
+
+def require_run_scope(key: ApiKey, name: str) -> None:
+    """403 unless the key may trigger runs."""
+    if "run" not in key.scopes:
+        raise MissingScope(
+            f"This key may read data API {name!r} but not start its runs: ask the data API's "
+            f"owner for a key with the run scope (nx1-connect keys create --data-api {name} "
+            "--days N --scope run)."
+        )
+
+
+def _launcher(launcher: runs.RunLauncher | None) -> runs.RunLauncher:
+    if launcher is None:
+        raise RunsUnavailable("No Airflow run launcher is configured in this process.")
+    return launcher
+
+
+def _body(status: runs.RunStatus, status_url: str | None = None) -> bytes:
+    document: dict[str, object] = {"run_id": status.run_id, "state": status.state}
+    if status_url is not None:
+        document["status_url"] = status_url
+    document["snapshot"] = status.snapshot.summary() if status.snapshot is not None else None
+    return dumps(document)
+
+
+def _headers(wait: int | None) -> list[tuple[str, str]]:
+    headers = [("Content-Type", MEDIA_TYPES["json"]), ("Cache-Control", NO_STORE)]
+    if wait is not None:
+        headers.append(("Preference-Applied", f"wait={wait}"))
+    return headers
+
+
+def status_url(request: Request, run_id: str) -> str:
+    """The absolute URL of a run's status, under the mount the request came through."""
+    runs_path = quote(unquote(request.path).rstrip("/"), safe="/")
+    return f"{request.url_root}{runs_path}/{quote(run_id, safe='')}"
+
+
+def start_run_response(
+    engine: Engine,
+    request: Request,
+    name: str,
+    key: ApiKey,
+    launcher: runs.RunLauncher | None,
+) -> Response:
+    """POST /data-apis/{name}/runs: 202 (or 200 once ended, with `Prefer: wait`)."""
+    require_run_scope(key, name)
+    wait = prefer_wait(request)
+    launcher = _launcher(launcher)
+    run, _created = runs.request_run(engine, launcher, name, key_id=key.id)
+    if wait is not None:
+        run = runs.wait_for_run(engine, launcher, name, run, wait)
+    url = status_url(request, run.run_id)
+    headers = [*_headers(wait), ("Location", url)]
+    return Response(200 if run.ended else 202, headers, _body(run, url))
+
+
+def run_status_response(
+    engine: Engine,
+    request: Request,
+    name: str,
+    run_id: str,
+    launcher: runs.RunLauncher | None,
+) -> Response:
+    """GET /data-apis/{name}/runs/{run_id}: the run's state and published snapshot."""
+    wait = prefer_wait(request)
+    launcher = _launcher(launcher)
+    run = runs.run_status(engine, launcher, name, run_id)
+    if wait is not None:
+        run = runs.wait_for_run(engine, launcher, name, run, wait)
+    return Response(200, _headers(wait), _body(run))
