@@ -1,29 +1,226 @@
 """Reading a snapshot's rows: keyset pages and constant-memory batches.
 
-Every read is a keyset query on the hidden row number (`store.ROW_COLUMN`), so a page at
-row 900,000 costs what a page at row 0 does, and a streamed read holds no transaction open
-between batches. `read_raw_rows` returns values as the store keeps them (for encoders that
-write them straight to text, see `core.types`); `read_rows` decodes them to Python values.
+Every plain read is a keyset query on the hidden row number (`store.ROW_COLUMN`), so a page
+at row 900,000 costs what a page at row 0 does, and a streamed read holds no transaction open
+between batches. A `RowsQuery` (filters and sort from the URL) adds plain WHERE clauses with
+bound values and quoted identifiers (so the planner uses the snapshot's indexes) and, with a
+sort, ORDER BY the sort columns (NULLs last) then the row number; `start` then counts rows
+of the filtered, sorted result. `read_raw_rows` returns values as the store keeps them (for
+encoders that write them straight to text, see `core.types`); `read_rows` decodes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import types
-from airflow_nx1_connect.core.errors import SnapshotNotFound
+from airflow_nx1_connect.core.errors import SnapshotNotFound, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
 from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN
 from airflow_nx1_connect.core.types import Column
+
+#: Filter operators of `where.<column>=<op>.<value>`.
+OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "like", "in", "is")
+_COMPARE = {
+    "eq": "__eq__",
+    "ne": "__ne__",
+    "gt": "__gt__",
+    "gte": "__ge__",
+    "lt": "__lt__",
+    "lte": "__le__",
+}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """`where.<column>=<op>.<value>`: values as URL text (`in`: several, `is`: null|not_null)."""
+
+    column: str
+    op: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """One `sort` column; NULLs always last."""
+
+    column: str
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class RowsQuery:
+    """Filters (AND-ed) and sort of a rows read; empty: every row, in the snapshot's order."""
+
+    filters: tuple[Filter, ...] = ()
+    sort: tuple[SortKey, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.filters or self.sort)
 
 
 def _rows_query(snapshot: Snapshot, cols: Sequence[Column]) -> tuple[sa.Select[Any], Any]:
     table = sa.table(snapshot.table_name, *(sa.column(c.name) for c in cols), sa.column(ROW_COLUMN))
     return sa.select(*(table.c[c.name] for c in cols)).order_by(table.c[ROW_COLUMN]), table
+
+
+def _snapshot_table(snapshot: Snapshot) -> Any:
+    return sa.table(
+        snapshot.table_name, *(sa.column(c) for c in snapshot.columns), sa.column(ROW_COLUMN)
+    )
+
+
+def _operand(table: Any, family: str, column: str, dialect: str) -> Any:
+    cast = types.compare_cast(family, dialect)
+    expr = table.c[column]
+    return sa.cast(expr, sa.Float) if cast == "REAL" else expr
+
+
+def _family(snapshot: Snapshot, column: str, what: str) -> str:
+    families = dict(zip(snapshot.columns, snapshot.column_types, strict=True))
+    if column not in families:
+        raise ValidationError(
+            f"Unknown column {column!r} in {what}; this snapshot has: "
+            f"{', '.join(snapshot.columns)}.",
+            field=what,
+        )
+    return families[column]
+
+
+def _glob_pattern(text: str) -> str:
+    # SQLite GLOB (case-sensitive, like PostgreSQL's LIKE): only `*` stays a wildcard.
+    return "".join({"?": "[?]", "[": "[[]"}.get(ch, ch) for ch in text)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def _condition(table: Any, snapshot: Snapshot, f: Filter, dialect: str) -> Any:
+    family = _family(snapshot, f.column, f"where.{f.column}")
+    entry = types.FILTERS[family]
+    column = table.c[f.column]
+    if f.op == "is":
+        return column.is_(None) if f.values[0] == "null" else column.is_not(None)
+    if f.op == "like":
+        if not entry.textual:
+            raise ValidationError(
+                f"where.{f.column}=like... works on text columns; {f.column} is {family}: use "
+                "eq, ne, gt, gte, lt, lte, in or is.",
+                field=f"where.{f.column}",
+            )
+        if dialect == "sqlite":
+            return column.op("GLOB")(_glob_pattern(f.values[0]))
+        return column.like(_like_pattern(f.values[0]), escape="\\")
+    if f.op in ("gt", "gte", "lt", "lte") and not entry.ordered:
+        raise ValidationError(
+            f"where.{f.column}={f.op}... needs an ordered column; {f.column} is {family}: use "
+            "eq, ne, in, like or is.",
+            field=f"where.{f.column}",
+        )
+    values = []
+    for text in f.values:
+        try:
+            values.append(types.filter_value(family, text, dialect))
+        except ValueError as exc:
+            raise ValidationError(
+                f"where.{f.column}: {text!r} is not a {family} value; send {exc}.",
+                field=f"where.{f.column}",
+            ) from None
+    operand = _operand(table, family, f.column, dialect)
+    if f.op == "in":
+        return operand.in_(values)
+    return getattr(operand, _COMPARE[f.op])(values[0])
+
+
+def _query_select(
+    snapshot: Snapshot, cols: Sequence[Column], query: RowsQuery, dialect: str
+) -> tuple[sa.Select[Any], Any]:
+    """SELECT cols (then the row number) WHERE filters ORDER BY sort, row number."""
+    table = _snapshot_table(snapshot)
+    select = sa.select(*(table.c[c.name] for c in cols), table.c[ROW_COLUMN])
+    for f in query.filters:
+        select = select.where(_condition(table, snapshot, f, dialect))
+    order = []
+    for key in query.sort:
+        family = _family(snapshot, key.column, "sort")
+        expr = _operand(table, family, key.column, dialect)
+        order.append((expr.desc() if key.descending else expr.asc()).nulls_last())
+    return select.order_by(*order, table.c[ROW_COLUMN]), table
+
+
+def check_query(snapshot: Snapshot, query: RowsQuery, dialect: str) -> None:
+    """Raise ValidationError (a 400) for an unknown column, op or a value of the wrong type."""
+    _query_select(snapshot, [], query, dialect)
+
+
+def read_query_rows(
+    bind: Engine | Connection,
+    snapshot: Snapshot,
+    columns: Sequence[Column],
+    query: RowsQuery,
+    *,
+    start: int,
+    limit: int,
+) -> list[tuple[Any, ...]]:
+    """Rows `start`..`start+limit-1` of the filtered, sorted result, values as stored."""
+    return [r[:-1] for r in _read_query(bind, snapshot, columns, query, start, limit, None)]
+
+
+def _read_query(
+    bind: Engine | Connection,
+    snapshot: Snapshot,
+    columns: Sequence[Column],
+    query: RowsQuery,
+    offset: int,
+    limit: int,
+    after: int | None,
+) -> list[tuple[Any, ...]]:
+    """Rows with their row number last; `after` continues a keyset read (no sort only)."""
+    with use_bind(bind) as conn:
+        select, table = _query_select(snapshot, columns, query, conn.dialect.name)
+        if after is not None:
+            select = select.where(table.c[ROW_COLUMN] > after)
+        if offset:
+            select = select.offset(offset)
+        try:
+            return [tuple(r) for r in conn.execute(select.limit(limit))]
+        except sa.exc.DBAPIError as exc:
+            raise _missing_table(snapshot) from exc
+
+
+def iter_query_rows(
+    engine: Engine,
+    snapshot: Snapshot,
+    columns: Sequence[Column],
+    query: RowsQuery,
+    *,
+    start: int = 0,
+    batch_size: int = BATCH_SIZE,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The filtered, sorted result from `start` in batches of stored values, constant memory.
+
+    Without a sort, batches after the first continue by keyset on the row number; with a
+    sort, each batch is an OFFSET query. Each batch is its own short query.
+    """
+    offset, after = start, None
+    while True:
+        batch = _read_query(engine, snapshot, columns, query, offset, batch_size, after)
+        if not batch:
+            return
+        yield [r[:-1] for r in batch]
+        if len(batch) < batch_size:
+            return
+        if query.sort:
+            offset += len(batch)
+        else:
+            offset, after = 0, batch[-1][-1]
 
 
 def read_rows(

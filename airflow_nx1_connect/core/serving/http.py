@@ -286,9 +286,13 @@ def finish(
     media_type: str,
     body: Callable[[], bytes | Iterator[bytes]],
     extra: Sequence[tuple[str, str]] = (),
+    always: Sequence[tuple[str, str]] = (),
 ) -> Response:
-    """A 200 with validators and caching headers, or a 304 when the client's copy is current."""
-    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", VARY)]
+    """A 200 with validators and caching headers, or a 304 when the client's copy is current.
+
+    `extra` headers go on a 200 only; `always` ones on the 304 too.
+    """
+    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", VARY), *always]
     if not_modified(request, etag, last_modified):
         # RFC 9110 15.4.5: the validators and caching headers a 200 would carry, no body.
         return Response(304, headers, b"")
