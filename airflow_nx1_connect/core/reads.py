@@ -75,10 +75,15 @@ def _snapshot_table(snapshot: Snapshot) -> Any:
     )
 
 
-def _operand(table: Any, family: str, column: str, dialect: str) -> Any:
-    cast = types.compare_cast(family, dialect)
+def _operand(table: Any, family: str, column: str, dialect: str, ordered: bool) -> Any:
+    """The column as compared: cast where the store keeps another type (see `core.types`);
+    for ordering, in the code-point collation (equality keeps the column's own, so its
+    index serves it)."""
     expr = table.c[column]
-    return sa.cast(expr, sa.Float) if cast == "REAL" else expr
+    if types.compare_cast(family, dialect) == "REAL":
+        expr = sa.cast(expr, sa.Float)
+    collation = types.order_collation(family, dialect) if ordered else None
+    return expr.collate(collation) if collation else expr
 
 
 def _family(snapshot: Snapshot, column: str, what: str) -> str:
@@ -133,7 +138,7 @@ def _condition(table: Any, snapshot: Snapshot, f: Filter, dialect: str) -> Any:
                 f"where.{f.column}: {text!r} is not a {family} value; send {exc}.",
                 field=f"where.{f.column}",
             ) from None
-    operand = _operand(table, family, f.column, dialect)
+    operand = _operand(table, family, f.column, dialect, f.op in ("gt", "gte", "lt", "lte"))
     if f.op == "in":
         return operand.in_(values)
     return getattr(operand, _COMPARE[f.op])(values[0])
@@ -150,7 +155,7 @@ def _query_select(
     order = []
     for key in query.sort:
         family = _family(snapshot, key.column, "sort")
-        expr = _operand(table, family, key.column, dialect)
+        expr = _operand(table, family, key.column, dialect, True)
         order.append((expr.desc() if key.descending else expr.asc()).nulls_last())
     return select.order_by(*order, table.c[ROW_COLUMN]), table
 

@@ -28,7 +28,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_nx1_connect.core.clock import iso
@@ -384,15 +384,21 @@ def _parse_boolean(text: str) -> bool:
 
 
 def _parse_date(text: str) -> dt.date:
-    if not _DATE_RE.match(text):
-        raise ValueError("a date YYYY-MM-DD, e.g. 2026-01-31")
-    return dt.date.fromisoformat(text)
+    try:
+        if _DATE_RE.match(text):
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise ValueError("a date YYYY-MM-DD, e.g. 2026-01-31")
 
 
 def _parse_timestamp(text: str) -> dt.datetime:
-    if not _TIMESTAMP_RE.match(text):
+    try:
+        value = dt.datetime.fromisoformat(text) if _TIMESTAMP_RE.match(text) else None
+    except ValueError:
+        value = None
+    if value is None:
         raise ValueError("an ISO 8601 timestamp, e.g. 2026-01-31T12:00:00Z")
-    value = dt.datetime.fromisoformat(text)
     # Stored as ISO text; aware values are compared in UTC (see FilterType).
     return value.astimezone(dt.UTC) if value.tzinfo is not None else value
 
@@ -413,7 +419,8 @@ class FilterType:
     type that the stored column is cast to for comparing and sorting (SQLite keeps NUMERIC
     as text, so it is compared as a number there, without an index); `bind` then turns the
     value into what is compared with the cast column. `ordered`: gt/gte/lt/lte allowed.
-    `textual`: `like` allowed (stored as text on every store).
+    `textual`: `like` allowed (stored as text on every store). `collate`: the collation of
+    ordered comparisons and sorts per dialect, so text orders by code point on every store.
     """
 
     parse: Convert
@@ -421,10 +428,11 @@ class FilterType:
     bind: Mapping[str, Convert | None]
     ordered: bool
     textual: bool
+    collate: Mapping[str, str] = field(default_factory=dict)
 
 
 FILTERS: dict[str, FilterType] = {
-    "TEXT": FilterType(str, {}, {}, True, True),
+    "TEXT": FilterType(str, {}, {}, True, True, {"postgresql": "C"}),
     "INTEGER": FilterType(_parse_integer, {}, {}, True, False),
     "REAL": FilterType(_parse_real, {}, {}, True, False),
     "NUMERIC": FilterType(_parse_numeric, {"sqlite": "REAL"}, {"sqlite": float}, True, False),
@@ -432,8 +440,8 @@ FILTERS: dict[str, FilterType] = {
     "DATE": FilterType(_parse_date, {}, {}, True, False),
     # Timestamps are stored as ISO text: values with the same offset (UTC, or none) order
     # correctly as text, which is how sources give them in practice.
-    "TIMESTAMP": FilterType(_parse_timestamp, {}, {}, True, False),
-    "JSON": FilterType(_parse_json, {}, {}, False, True),
+    "TIMESTAMP": FilterType(_parse_timestamp, {}, {}, True, False, {"postgresql": "C"}),
+    "JSON": FilterType(_parse_json, {}, {}, False, True, {"postgresql": "C"}),
 }
 assert tuple(FILTERS) == FAMILIES
 
@@ -455,3 +463,8 @@ def filter_value(family: str, text: str, dialect: str) -> Any:
 def compare_cast(family: str, dialect: str) -> str | None:
     """The SQL type a stored `family` column is cast to for comparing and sorting, if any."""
     return FILTERS[family].cast.get(dialect)
+
+
+def order_collation(family: str, dialect: str) -> str | None:
+    """The collation of ordered comparisons and sorts of a `family` column, if any."""
+    return FILTERS[family].collate.get(dialect)

@@ -175,6 +175,11 @@ def parse_filter(column: str, text: str) -> Filter:
     example = "e.g. where.units=gte.100, where.product=like.Esp*, where.id=in.(1,2,3)"
     if not column:
         raise ValidationError(f"Name a column after 'where.', {example}.", field="where")
+    if "\x00" in text:
+        raise ValidationError(
+            f"where.{column} holds a NUL character, which no column value can; remove it.",
+            field="where",
+        )
     op, dot, value = text.partition(".")
     if not dot or op not in OPS:
         raise ValidationError(
