@@ -437,3 +437,16 @@ def test_fuzz_changed_no_table(adapters: list[Adapter], api_store: ApiStore) -> 
     before = _store_state(api_store.engine)
     test_fuzz_filters_and_sort(adapters=adapters, api_store=api_store)
     assert _store_state(api_store.engine) == before
+
+
+def test_openapi_documents_v2_parameters(adapters: list[Adapter]) -> None:
+    doc = adapters[1].get(f"{BASE}/openapi.json").json()
+    for path in ("/data-apis/{name}/latest", "/data-apis/{name}/snapshots/{snapshot_id}"):
+        operation = doc["paths"][f"{BASE}{path}"]["get"]
+        assert "sort" in [p["name"] for p in operation["parameters"]]
+        assert "where.<column>=<op>.<value>" in operation["description"]
+        headers = operation["responses"]["200"]["headers"]
+        assert {"X-NX1-Snapshot-Id", "X-NX1-Published-At", "Link"} <= set(headers)
+    schemas = doc["components"]["schemas"]
+    assert "next_url" in schemas["RowsData"]["properties"]
+    assert {"indexed_columns", "key_columns"} <= set(schemas["DataApi"]["required"])

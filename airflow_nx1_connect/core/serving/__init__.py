@@ -37,6 +37,7 @@ from airflow_nx1_connect.core import reads
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
+from airflow_nx1_connect.core.reads import OPS
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
@@ -78,6 +79,7 @@ __all__ = [
     "ALLOWED_METHODS",
     "FORMATS",
     "MAX_START",
+    "OPS",
     "PROBLEM_JSON",
     "ROUTES",
     "Request",
