@@ -442,7 +442,7 @@ def test_fuzz_changed_no_table(adapters: list[Adapter], api_store: ApiStore) -> 
 def test_openapi_documents_v2_parameters(adapters: list[Adapter]) -> None:
     doc = adapters[1].get(f"{BASE}/openapi.json").json()
     for path in ("/data-apis/{name}/latest", "/data-apis/{name}/snapshots/{snapshot_id}"):
-        operation = doc["paths"][f"{BASE}{path}"]["get"]
+        operation = doc["paths"][f"/api/v1{path}"]["get"]
         assert "sort" in [p["name"] for p in operation["parameters"]]
         assert "where.<column>=<op>.<value>" in operation["description"]
         headers = operation["responses"]["200"]["headers"]
