@@ -21,7 +21,7 @@ from typing import Any
 #: (module, the ids of the figures it reports) in the order they are run and printed.
 MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks.write_bench", ("W1", "W2", "W3")),
-    ("benchmarks.serve_bench", ("R1", "R2", "R3")),
+    ("benchmarks.serve_bench", ("R1", "R2", "R3", "R4")),
 )
 #: Table columns: (row key, header).
 COLUMNS: tuple[tuple[str, str], ...] = (

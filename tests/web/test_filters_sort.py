@@ -345,13 +345,18 @@ def test_indexed_and_key_columns_listed_and_used(
     # The query the API runs for that filter uses the index.
     query = reads.RowsQuery(filters=(reads.Filter("name", "eq", ("n7",)),))
     with api_store.engine.connect() as conn:
-        select, _ = reads._query_select(snapshot, PIN_COLUMNS, query, conn.dialect.name)
-        sql = str(select.limit(100).compile(conn, compile_kwargs={"literal_binds": True}))
+        sql, names, positional = reads._plan(conn, snapshot, PIN_COLUMNS, query, False)
+        values = reads._filter_values(snapshot, query, conn.dialect.name)
+        values.update(p_limit=100, p_offset=0, p_after=None)
+        params = tuple(values[n] for n in names) if positional else {n: values[n] for n in names}
+        cursor = conn.connection.dbapi_connection.cursor()
         if conn.dialect.name == "sqlite":
-            plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
         else:
-            conn.exec_driver_sql("SET enable_seqscan = off")
-            plan = " ".join(str(r) for r in conn.exec_driver_sql("EXPLAIN " + sql))
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+        plan = " ".join(str(r) for r in cursor.fetchall())
+        cursor.close()
     assert "INDEX" in plan.upper() and f"{snapshot.table_name}_i0" in plan, plan
 
 
