@@ -395,12 +395,14 @@ def _parse_date(text: str) -> dt.date:
 def _parse_timestamp(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text) if _TIMESTAMP_RE.match(text) else None
-    except ValueError:
+        # Stored as ISO text; aware values are compared in UTC (see FilterType).
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
         value = None
     if value is None:
         raise ValueError("an ISO 8601 timestamp, e.g. 2026-01-31T12:00:00Z")
-    # Stored as ISO text; aware values are compared in UTC (see FilterType).
-    return value.astimezone(dt.UTC) if value.tzinfo is not None else value
+    return value
 
 
 def _parse_json(text: str) -> Any:
