@@ -459,3 +459,18 @@ def test_openapi_documents_v2_parameters(adapters: list[Adapter]) -> None:
     schemas = doc["components"]["schemas"]
     assert "next_url" in schemas["RowsData"]["properties"]
     assert {"indexed_columns", "key_columns"} <= set(schemas["DataApi"]["required"])
+
+
+def test_next_url_names_the_snapshot_with_start_last(
+    adapters: list[Adapter], api_store: ApiStore
+) -> None:
+    """`{base}/data-apis/{name}/snapshots/{id}?...start=N`: other parameters kept in order."""
+    answer = both(
+        adapters,
+        f"{BASE}/data-apis/sales/latest?start=0&limit=5&columns=id&sort=-id",
+        key_header(api_store, "sales"),
+    )
+    own = f"{HOST}{BASE}/data-apis/sales/snapshots/{api_store.latest.id}"
+    expected = f"{own}?limit=5&columns=id&sort=-id&start=5"
+    assert answer.json()["data"]["next_url"] == expected
+    assert answer.headers["link"] == f'<{expected}>; rel="next"'

@@ -308,19 +308,11 @@ def pinned_path(request: Request, endpoint: str, snapshot: snaps.Snapshot) -> st
 
 def next_url(request: Request, next_start: int | None, path: str | None = None) -> str | None:
     """The URL of the page at `next_start` (None if None): `path` (default: the request's)
-    with the request's query parameters and `start` replaced."""
+    with the request's other query parameters, in order, then `start` last
+    (`.../snapshots/{id}?...&start=N`, as the contract writes it)."""
     if next_start is None:
         return None
-    pairs: list[tuple[str, str]] = []
-    replaced = False
-    for key, value in request.query:
-        if key == "start":
-            if not replaced:
-                pairs.append(("start", str(next_start)))
-                replaced = True
-        else:
-            pairs.append((key, value))
-    if not replaced:
-        pairs.append(("start", str(next_start)))
+    pairs = [(k, v) for k, v in request.query if k != "start"]
+    pairs.append(("start", str(next_start)))
     path = quote(path if path is not None else unquote(request.path), safe="/")
     return f"{request.url_root}{path}?{urlencode(pairs, quote_via=quote)}"
