@@ -260,15 +260,24 @@ def use_bind(bind: Engine | Connection) -> Iterator[Connection]:
 # ---------------------------------------------------------------------------------------
 
 
+# Built once: the two reads every rows request makes (building a statement per call costs
+# more than running it).
+_LATEST = (
+    sa.select(snapshots)
+    .select_from(data_apis.join(snapshots, snapshots.c.id == data_apis.c.latest_snapshot_id))
+    .where(data_apis.c.name == sa.bindparam("name"), snapshots.c.status == "published")
+)
+_BY_ID = sa.select(snapshots).where(
+    snapshots.c.id == sa.bindparam("snapshot_id"),
+    snapshots.c.data_api == sa.bindparam("name"),
+    snapshots.c.status == "published",
+)
+
+
 def latest_snapshot(bind: Engine | Connection, name: str) -> Snapshot:
     """The latest published snapshot of a data API, or SnapshotNotFound."""
-    query = (
-        sa.select(snapshots)
-        .select_from(data_apis.join(snapshots, snapshots.c.id == data_apis.c.latest_snapshot_id))
-        .where(data_apis.c.name == name, snapshots.c.status == "published")
-    )
     with use_bind(bind) as conn:
-        row = conn.execute(query).first()
+        row = conn.execute(_LATEST, {"name": name}).first()
     if row is None:
         raise SnapshotNotFound(f"Data API {name!r} has no published snapshot yet.")
     return snapshot_from_row(row)
@@ -295,13 +304,8 @@ def get_snapshot(bind: Engine | Connection, name: str, snapshot_id: str) -> Snap
     """A retained published snapshot of data API `name`, or SnapshotNotFound."""
     if not isinstance(snapshot_id, str) or not SNAPSHOT_ID_RE.match(snapshot_id):
         raise SnapshotNotFound(f"No snapshot {snapshot_id!r} is retained for {name!r}.")
-    query = sa.select(snapshots).where(
-        snapshots.c.id == snapshot_id,
-        snapshots.c.data_api == name,
-        snapshots.c.status == "published",
-    )
     with use_bind(bind) as conn:
-        row = conn.execute(query).first()
+        row = conn.execute(_BY_ID, {"snapshot_id": snapshot_id, "name": name}).first()
     if row is None:
         raise SnapshotNotFound(f"No snapshot {snapshot_id!r} is retained for {name!r}.")
     return snapshot_from_row(row)

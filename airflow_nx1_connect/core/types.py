@@ -32,8 +32,10 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_nx1_connect.core.clock import iso
@@ -390,3 +392,138 @@ def widen(a: str | None, b: str | None) -> str | None:
     if {a, b} <= {"INTEGER", "NUMERIC"}:
         return "NUMERIC"
     return "TEXT"
+
+
+# ---------------------------------------------------------------------------------------
+# Filter values: text from a URL -> the value a stored column is compared with
+# ---------------------------------------------------------------------------------------
+
+_INTEGER_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
+# Decimal notation with an optional exponent of at most 3 digits (keeps values inside what
+# PostgreSQL's numeric and double precision hold, so a filter never overflows the store).
+_NUMBER_RE = re.compile(
+    r"^[+-]?([0-9]{1,100}(\.[0-9]{0,100})?|\.[0-9]{1,100})([eE][+-]?[0-9]{1,3})?$"
+)
+_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_TIMESTAMP_RE = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?$"
+)
+
+
+def _parse_integer(text: str) -> int:
+    if not _INTEGER_RE.match(text):
+        raise ValueError("a whole number, e.g. 42")
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("a whole number that fits in 64 bits")
+    return value
+
+
+def _parse_real(text: str) -> float:
+    value = float(text) if _NUMBER_RE.match(text) else math.nan
+    if not math.isfinite(value):
+        raise ValueError("a finite number, e.g. 2.5 or 1e3")
+    return value
+
+
+def _parse_numeric(text: str) -> decimal.Decimal:
+    if not _NUMBER_RE.match(text):
+        raise ValueError("a decimal number, e.g. 12.50")
+    return decimal.Decimal(text)
+
+
+def _parse_boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("true", "false"):
+        raise ValueError("true or false")
+    return lowered == "true"
+
+
+def _parse_date(text: str) -> dt.date:
+    try:
+        if _DATE_RE.match(text):
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise ValueError("a date YYYY-MM-DD, e.g. 2026-01-31")
+
+
+def _parse_timestamp(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text) if _TIMESTAMP_RE.match(text) else None
+        # Stored as ISO text; aware values are compared in UTC (see FilterType).
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        value = None
+    if value is None:
+        raise ValueError("an ISO 8601 timestamp, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError('a JSON value, e.g. {"a": 1} or "text"') from None
+
+
+@dataclass(frozen=True)
+class FilterType:
+    """How a type family is filtered and sorted.
+
+    `parse`: URL text -> Python value (ValueError saying what was expected); the value is
+    then bound as the store keeps it (`store` of TYPES), except where `cast` names a SQL
+    type that the stored column is cast to for comparing and sorting (SQLite keeps NUMERIC
+    as text, so it is compared as a number there, without an index); `bind` then turns the
+    value into what is compared with the cast column. `ordered`: gt/gte/lt/lte allowed.
+    `textual`: `like` allowed (stored as text on every store). `collate`: the collation of
+    ordered comparisons and sorts per dialect, so text orders by code point on every store.
+    """
+
+    parse: Convert
+    cast: Mapping[str, str | None]
+    bind: Mapping[str, Convert | None]
+    ordered: bool
+    textual: bool
+    collate: Mapping[str, str] = field(default_factory=dict)
+
+
+FILTERS: dict[str, FilterType] = {
+    "TEXT": FilterType(str, {}, {}, True, True, {"postgresql": "C"}),
+    "INTEGER": FilterType(_parse_integer, {}, {}, True, False),
+    "REAL": FilterType(_parse_real, {}, {}, True, False),
+    "NUMERIC": FilterType(_parse_numeric, {"sqlite": "REAL"}, {"sqlite": float}, True, False),
+    "BOOLEAN": FilterType(_parse_boolean, {}, {}, True, False),
+    "DATE": FilterType(_parse_date, {}, {}, True, False),
+    # Timestamps are stored as ISO text: values with the same offset (UTC, or none) order
+    # correctly as text, which is how sources give them in practice.
+    "TIMESTAMP": FilterType(_parse_timestamp, {}, {}, True, False, {"postgresql": "C"}),
+    "JSON": FilterType(_parse_json, {}, {}, False, True, {"postgresql": "C"}),
+}
+assert tuple(FILTERS) == FAMILIES
+
+
+def filter_value(family: str, text: str, dialect: str) -> Any:
+    """The value a filter's URL text is compared with in a `family` column of `dialect`.
+
+    Raises ValueError with what was expected when `text` is not a value of that type.
+    """
+    entry = FILTERS[family]
+    value = entry.parse(text)
+    if entry.cast.get(dialect):
+        convert = entry.bind.get(dialect)
+    else:
+        convert = TYPES[family].store.get(dialect)
+    return convert(value) if convert is not None else value
+
+
+def compare_cast(family: str, dialect: str) -> str | None:
+    """The SQL type a stored `family` column is cast to for comparing and sorting, if any."""
+    return FILTERS[family].cast.get(dialect)
+
+
+def order_collation(family: str, dialect: str) -> str | None:
+    """The collation of ordered comparisons and sorts of a `family` column, if any."""
+    return FILTERS[family].collate.get(dialect)

@@ -71,7 +71,8 @@ def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[st
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: _problem(
-        "A key in the query string, two different keys, or a bad start, limit, columns or format."
+        "A key in the query string, two different keys, or a bad start, limit, columns, "
+        "format, where.<column> filter or sort."
     ),
     401: _problem(
         "No key, or an unknown, malformed, expired or revoked key.",
@@ -178,8 +179,42 @@ def _rows_parameters() -> list[dict[str, Any]]:
             ),
             "schema": {"type": "string", "enum": list(serving.FORMATS)},
         },
+        {
+            "name": "sort",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Comma-separated columns to sort by, `-` first for descending, NULLs last, "
+                "e.g. `-units,product`. Default: the snapshot's row order."
+            ),
+            "schema": {"type": "string"},
+        },
         _IF_NONE_MATCH,
     ]
+
+
+#: How the `where.<column>` filters work (OpenAPI has no parameter named by a pattern).
+FILTERS_DESCRIPTION = (
+    "Filters: `where.<column>=<op>.<value>`, repeatable, AND-ed. `<op>` is one of "
+    + ", ".join(f"`{op}`" for op in serving.OPS)
+    + ". `like` takes `*` as the wildcard (case-sensitive), `in` a list `in.(a,b,c)` (quote "
+    'a value holding a comma: `in.("a,b",c)`), `is` takes `is.null` or `is.not_null`. The '
+    "value is parsed as the column's type (numbers, `true`/`false`, dates `YYYY-MM-DD`, ISO "
+    "8601 timestamps); an unknown column or op, or a value of the wrong type, is a 400. "
+    "Example: `?where.units=gte.100&where.product=like.Esp*&sort=-units`. `start`, `limit`, "
+    "`Link` and `data.next_url` page the filtered, sorted result; the next page of `latest` "
+    "is on the snapshot's own URL, so a publish between pages never mixes snapshots."
+)
+_FRESHNESS_HEADERS = {
+    "X-NX1-Snapshot-Id": {
+        "description": "The id of the snapshot the rows come from.",
+        "schema": {"type": "string"},
+    },
+    "X-NX1-Published-At": {
+        "description": "When that snapshot was published (ISO 8601 UTC).",
+        "schema": {"type": "string", "format": "date-time"},
+    },
+}
 
 
 def _rows_responses() -> dict[int | str, dict[str, Any]]:
@@ -189,6 +224,7 @@ def _rows_responses() -> dict[int | str, dict[str, Any]]:
             "page with limit, the whole snapshot from start without).",
             "headers": {
                 **_CACHE_HEADERS,
+                **_FRESHNESS_HEADERS,
                 "Link": {
                     "description": 'The next page: `<url>; rel="next"` (not on the last page).',
                     "schema": {"type": "string"},
@@ -206,7 +242,7 @@ def _rows_responses() -> dict[int | str, dict[str, Any]]:
                 },
             },
         },
-        304: _NOT_MODIFIED,
+        304: {**_NOT_MODIFIED, "headers": {**_CACHE_HEADERS, **_FRESHNESS_HEADERS}},
         **_ERRORS,
     }
 
@@ -405,6 +441,7 @@ def create_app() -> FastAPI:
             methods=["GET"],
             operation_id=operation_id,
             summary=summary,
+            description=FILTERS_DESCRIPTION if rows else None,
             response_class=FastAPIResponse,
             responses=_changes_responses()
             if endpoint == "changes"

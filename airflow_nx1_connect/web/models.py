@@ -55,6 +55,10 @@ class DataApi(BaseModel):
     created_at: dt.datetime
     latest_snapshot: SnapshotSummary | None
     columns: list[Column]
+    indexed_columns: list[str] = Field(
+        description="Columns of the latest snapshot with an index: filters on them are fast."
+    )
+    key_columns: list[str] = Field(description="Columns that identify a row (may be empty).")
 
 
 class SnapshotList(BaseModel):
@@ -72,6 +76,10 @@ class RowsData(BaseModel):
     columns: list[str]
     column_types: list[Family]
     next_start: int | None = Field(description="start of the next page; null on the last.")
+    next_url: str | None = Field(
+        description="URL of the next page, on the snapshot's own URL (a publish between "
+        "pages never mixes snapshots); null on the last."
+    )
     data: list[list[Any]]
 
 

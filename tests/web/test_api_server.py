@@ -98,11 +98,17 @@ def test_both_mounts_answer_alike(server: Server) -> None:
         r = httpx.get(f"{server.url}{mount}/data-apis/sales/latest?limit=3", headers=headers)
         assert r.status_code == 200, (mount, r.text)
         assert r.headers["content-type"] == "application/json"
-        assert r.headers["link"] == (
-            f'<{server.url}{mount}/data-apis/sales/latest?limit=3&start=3>; rel="next"'
+        # Paging is pinned to the snapshot's own URL (on the mount that was called).
+        next_url = (
+            f"{server.url}{mount}/data-apis/sales/snapshots/{server.snapshot_id}?limit=3&start=3"
         )
+        assert r.headers["link"] == f'<{next_url}>; rel="next"'
+        assert r.json()["data"]["next_url"] == next_url
+        assert r.headers["x-nx1-snapshot-id"] == server.snapshot_id
+        assert r.headers["x-nx1-published-at"].endswith("Z")
         answers.append(r)
-    assert answers[0].content == answers[1].content
+    # The same body but for the mount in next_url (as in the Link header).
+    assert answers[0].content.replace(MOUNTS[0].encode(), MOUNTS[1].encode()) == answers[1].content
     assert answers[0].headers["etag"] == answers[1].headers["etag"]
     body = answers[0].json()
     assert body["snapshot"]["id"] == server.snapshot_id

@@ -405,6 +405,8 @@ def test_data_api_body(adapters: list[Adapter], api_store: ApiStore) -> None:
             "row_count": BIG_ROWS,
         },
         "columns": [{"name": n, "type": t} for n, t in COLUMNS],
+        "indexed_columns": [],
+        "key_columns": [],
     }
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", body["created_at"])
     empty = both(adapters, f"{BASE}/data-apis/empty_api", key_header(api_store, "empty")).json()
@@ -434,6 +436,7 @@ def test_rows_body_and_round_trip(adapters: list[Adapter], api_store: ApiStore) 
     )
     assert answer.headers["content-type"] == "application/json"
     body = answer.json()
+    own = f"{HOST}{BASE}/data-apis/sales/snapshots/{api_store.latest.id}"
     assert body == {
         "data_api": "sales",
         "snapshot": {
@@ -449,6 +452,7 @@ def test_rows_body_and_round_trip(adapters: list[Adapter], api_store: ApiStore) 
             "columns": NAMES,
             "column_types": TYPES,
             "next_start": 4,
+            "next_url": f"{own}?limit=4&start=4",
             "data": json_rows(SPECIAL_ROWS),
         },
     }
@@ -491,7 +495,10 @@ def test_paging_json_by_next_start_and_link(adapters: list[Adapter], api_store: 
         if data["next_start"] is None:
             assert link is None
         else:
-            assert link == f"{BASE}/data-apis/sales/latest?start={data['next_start']}"
+            # Pinned: the next page is on the snapshot's own URL, and in the body too.
+            own = f"{BASE}/data-apis/sales/snapshots/{api_store.latest.id}"
+            assert link == f"{own}?start={data['next_start']}"
+            assert data["next_url"] == HOST + link
         start = data["next_start"]
         pages += 1
     assert pages == 6 and got == expected

@@ -20,22 +20,26 @@ Order of checks on every data API route (so an unauthenticated caller learns not
 4b. the key's rate limit (`core.ratelimit`): 429 with `Retry-After`, `RateLimit-Policy` and
     `RateLimit`; an admitted request is counted for the key's usage (`core.usage`);
 5. the snapshot (none published yet, unknown or no longer retained id): 404;
-6. the query parameters `start`, `limit`, `columns`, `format`: 400.
+6. the query parameters `start`, `limit`, `columns`, `format`, `where.<column>`, `sort`: 400.
 
 Every route answers GET and HEAD except `runs`, which answers POST only (ROUTE_METHODS);
 another method gets 405 with the route's `Allow`.
 
 ETags hash the snapshot id with the request's shape (route, start, limit, columns,
-format), so a 304 costs no row read; a gzip body has its own ETag. A snapshot's own URL is
-`immutable`, `latest` and the catalogue routes live 30 seconds. CSV, NDJSON, Arrow and
-Parquet without `limit` stream the whole snapshot from `start`, one 10,000-row keyset
-batch at a time (an Arrow record batch / a Parquet row group each).
+format, filters, sort), so a 304 costs no row read; a gzip body has its own ETag. A
+snapshot's own URL is `immutable`, `latest` and the catalogue routes live 30 seconds. CSV,
+NDJSON, Arrow and Parquet without `limit` stream the whole snapshot from `start`, one
+10,000-row keyset batch at a time (an Arrow record batch / a Parquet row group each). Rows
+responses carry `X-NX1-Snapshot-Id` and `X-NX1-Published-At`; the `Link` and
+`data.next_url` of a `latest` page name the snapshot's own URL, so paging never mixes two
+snapshots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
+from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
@@ -44,6 +48,7 @@ from airflow_nx1_connect.core import ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
+from airflow_nx1_connect.core.reads import OPS
 from airflow_nx1_connect.core.runs import RunLauncher
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
 from airflow_nx1_connect.core.serving.changes import changes_response
@@ -85,11 +90,13 @@ from airflow_nx1_connect.core.serving.params import (
 from airflow_nx1_connect.core.serving.runs import run_status_response, start_run_response
 from airflow_nx1_connect.core.settings import Settings, current_settings
 from airflow_nx1_connect.core.store import get_engine
+from airflow_nx1_connect.core.types import Column
 
 __all__ = [
     "ALLOWED_METHODS",
     "FORMATS",
     "MAX_START",
+    "OPS",
     "PROBLEM_JSON",
     "ROUTES",
     "ROUTE_METHODS",
@@ -227,6 +234,9 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
         "created_at": iso(api.created_at),
         "latest_snapshot": latest.summary() if latest is not None else None,
         "columns": [{"name": c.name, "type": c.type} for c in columns],
+        # From the latest snapshot's record: what a filter can look up by index.
+        "indexed_columns": list(latest.indexed_columns) if latest is not None else [],
+        "key_columns": list(latest.key_columns) if latest is not None else [],
     }
     body = dumps(document)
     modified = max(
@@ -276,7 +286,12 @@ def _rows_response(
     params = parse_rows_params(request, settings)
     columns = snaps.resolve_columns(snapshot, params.columns)
     names = [c.name for c in columns]
-    etag = etag_for("rows", snapshot.id, endpoint, params.start, params.limit, names, params.format)
+    query = params.query
+    if query:
+        reads.check_query(snapshot, query, engine.dialect.name)
+    etag = etag_for(
+        "rows", snapshot.id, endpoint, params.start, params.limit, names, params.format, query
+    )
     extra: list[tuple[str, str]] = []
     # Rows are read as stored and encoded straight to text (no decoding to Python first).
     csv_rows = csv_encoder(columns)
@@ -285,20 +300,21 @@ def _rows_response(
         # Whole-snapshot CSV / NDJSON: read the first batch now, so a missing table is a
         # 404 (not a cut stream), then stream the rest batch by batch.
         def body() -> bytes | Iterator[bytes]:
-            batches = reads.iter_raw_rows(engine, snapshot, columns, start=params.start)
+            start = params.start
+            if query:
+                batches = reads.iter_query_rows(engine, snapshot, columns, query, start=start)
+            else:
+                batches = reads.iter_raw_rows(engine, snapshot, columns, start=start)
             first = next(batches, None)
             if params.format in ("arrow", "parquet"):
                 return columnar_stream(params.format, columns, chain([first or []], batches))
             return stream(params.format, names, first, batches, csv_rows, json_values)
 
     else:
-        rows = reads.read_raw_rows(
-            engine, snapshot, columns, start=params.start, limit=params.limit
-        )
-        total = snapshot.row_count or 0
-        next_start = params.start + len(rows) if params.start + len(rows) < total else None
-        if rows and next_start is not None:
-            extra.append(("Link", f'<{next_url(request, next_start)}>; rel="next"'))
+        rows, next_start = _page(engine, snapshot, columns, query, params.start, params.limit)
+        link = next_url(request, next_start, pinned_path(request, endpoint, snapshot))
+        if link is not None:
+            extra.append(("Link", f'<{link}>; rel="next"'))
 
         def body() -> bytes | Iterator[bytes]:
             if params.format == "csv":
@@ -316,7 +332,8 @@ def _rows_response(
                         "row_count": len(rows),
                         "columns": names,
                         "column_types": [c.type for c in columns],
-                        "next_start": next_start if rows else None,
+                        "next_start": next_start,
+                        "next_url": link,
                         "data": json_values(rows),
                     },
                 }
@@ -331,20 +348,57 @@ def _rows_response(
         body=body,
         extra=extra,
         compressible=params.format in TEXT_FORMATS,
+        always=freshness_headers(snapshot),
     )
 
 
-def next_url(request: Request, next_start: int) -> str:
-    pairs: list[tuple[str, str]] = []
-    replaced = False
-    for key, value in request.query:
-        if key == "start":
-            if not replaced:
-                pairs.append(("start", str(next_start)))
-                replaced = True
-        else:
-            pairs.append((key, value))
-    if not replaced:
-        pairs.append(("start", str(next_start)))
-    path = quote(unquote(request.path), safe="/")
+def freshness_headers(snapshot: snaps.Snapshot) -> list[tuple[str, str]]:
+    """`X-NX1-Snapshot-Id` and `X-NX1-Published-At` (ISO 8601 UTC) of a rows response."""
+    return [
+        ("X-NX1-Snapshot-Id", snapshot.id),
+        ("X-NX1-Published-At", iso(snapshot.published_at) or ""),
+    ]
+
+
+def _page(
+    engine: sa.Engine,
+    snapshot: snaps.Snapshot,
+    columns: list[Column],
+    query: reads.RowsQuery,
+    start: int,
+    limit: int,
+) -> tuple[list[tuple[Any, ...]], int | None]:
+    """One page of stored rows and the next page's `start` (None on the last page)."""
+    if query:
+        # One row more than asked tells whether a next page exists.
+        rows = reads.read_query_rows(engine, snapshot, columns, query, start=start, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+    else:
+        rows = reads.read_raw_rows(engine, snapshot, columns, start=start, limit=limit)
+        more = start + len(rows) < (snapshot.row_count or 0)
+    return rows, start + len(rows) if rows and more else None
+
+
+def pinned_path(request: Request, endpoint: str, snapshot: snaps.Snapshot) -> str:
+    """The request's path, with `/latest` replaced by the snapshot's own `/snapshots/{id}`.
+
+    Paging links name the snapshot a page came from, so a publish between pages never
+    mixes two snapshots' rows.
+    """
+    path = unquote(request.path)
+    if endpoint == "latest":
+        path = path.rsplit("/", 1)[0] + "/snapshots/" + snapshot.id
+    return path
+
+
+def next_url(request: Request, next_start: int | None, path: str | None = None) -> str | None:
+    """The URL of the page at `next_start` (None if None): `path` (default: the request's)
+    with the request's other query parameters, in order, then `start` last
+    (`.../snapshots/{id}?...&start=N`, as the contract writes it)."""
+    if next_start is None:
+        return None
+    pairs = [(k, v) for k, v in request.query if k != "start"]
+    pairs.append(("start", str(next_start)))
+    path = quote(path if path is not None else unquote(request.path), safe="/")
     return f"{request.url_root}{path}?{urlencode(pairs, quote_via=quote)}"

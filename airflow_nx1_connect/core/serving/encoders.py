@@ -9,40 +9,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+
+import msgspec
 
 from airflow_nx1_connect.core import types
 from airflow_nx1_connect.core.types import Column
 
+#: msgspec's JSON encoder (several times faster than the json module on page bodies): compact
+#: UTF-8, NaN and infinity as null, Decimal as text; anything else through `json_default`.
+_ENCODER = msgspec.json.Encoder(enc_hook=types.json_default)
+
 
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; NaN and infinity (which JSON lacks) become null."""
-    try:
-        text = json.dumps(
-            value,
-            ensure_ascii=False,
-            allow_nan=False,
-            default=types.json_default,
-            separators=(",", ":"),
-        )
-    except ValueError:  # NaN or infinity in a REAL column: JSON has no such numbers
-        text = json.dumps(
-            _finite(value), ensure_ascii=False, default=types.json_default, separators=(",", ":")
-        )
-    return text.encode()
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    return _ENCODER.encode(value)
 
 
 def csv_header(names: Sequence[str]) -> bytes:

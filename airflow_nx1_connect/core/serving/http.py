@@ -328,17 +328,19 @@ def finish(
     body: Callable[[], bytes | Iterator[bytes]],
     extra: Sequence[tuple[str, str]] = (),
     compressible: bool = False,
+    always: Sequence[tuple[str, str]] = (),
 ) -> Response:
     """A 200 with validators and caching headers, or a 304 when the client's copy is current.
 
-    `compressible` bodies (JSON, CSV, NDJSON) are gzip-compressed when the client accepts
-    it, with their own ETag (see `compression`).
+    `extra` headers go on a 200 only; `always` ones on the 304 too. `compressible` bodies
+    (JSON, CSV, NDJSON) are gzip-compressed when the client accepts it, with their own ETag
+    (see `compression`).
     """
     gzip = compressible and compression.accepts_gzip(request)
     if gzip:
         etag = compression.gzip_etag(etag)
     vary = f"{VARY}, Accept-Encoding" if compressible else VARY
-    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", vary)]
+    headers = [("ETag", etag), ("Cache-Control", cache_control), ("Vary", vary), *always]
     if not_modified(request, etag, last_modified):
         # RFC 9110 15.4.5: the validators and caching headers a 200 would carry, no body.
         return Response(304, headers, b"")

@@ -6,11 +6,13 @@ one given twice is a 400.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from airflow_nx1_connect.core.errors import ValidationError
+from airflow_nx1_connect.core.reads import OPS, Filter, RowsQuery, SortKey
 from airflow_nx1_connect.core.serving.http import Request
 from airflow_nx1_connect.core.settings import Settings
 
@@ -37,6 +39,7 @@ class RowsParams:
     limit: int | None
     columns: list[str] | None
     format: str
+    query: RowsQuery = field(default_factory=RowsQuery)
 
 
 def single_param(query: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -136,4 +139,83 @@ def parse_rows_params(request: Request, settings: Settings) -> RowsParams:
         fmt = negotiate(request.header("accept"))
     if fmt == "json" and limit is None:
         limit = settings.default_page_size
-    return RowsParams(start=start, limit=limit, columns=columns, format=fmt)
+    return RowsParams(
+        start=start, limit=limit, columns=columns, format=fmt, query=parse_rows_query(query)
+    )
+
+
+WHERE_PREFIX = "where."
+#: Most values one `in.(...)` filter may list.
+MAX_IN_VALUES = 1000
+
+
+def parse_rows_query(query: Sequence[tuple[str, str]]) -> RowsQuery:
+    """`where.<column>=<op>.<value>` filters (repeatable, AND-ed) and `sort=col,-col2`.
+
+    Only the syntax is checked here; columns and values are checked against the snapshot's
+    columns and types by `core.reads` (both raise ValidationError, a 400).
+    """
+    filters = tuple(
+        parse_filter(key[len(WHERE_PREFIX) :], value)
+        for key, value in query
+        if key.startswith(WHERE_PREFIX)
+    )
+    sort_text = single_param(query, "sort")
+    sort: tuple[SortKey, ...] = ()
+    if sort_text is not None:
+        items = [s.strip() for s in sort_text.split(",")]
+        if not all(items) or not all(i.lstrip("-") for i in items):
+            raise ValidationError(
+                "sort must be a comma-separated list of column names, each with a leading - "
+                "for descending order, e.g. sort=-units,product.",
+                field="sort",
+            )
+        sort = tuple(SortKey(i.removeprefix("-"), i.startswith("-")) for i in items)
+        if len({k.column for k in sort}) != len(sort):
+            raise ValidationError("A column is named twice in sort.", field="sort")
+    return RowsQuery(filters=filters, sort=sort)
+
+
+def parse_filter(column: str, text: str) -> Filter:
+    """One `where.<column>=<op>.<value>` (ValidationError saying what to send instead)."""
+    example = "e.g. where.units=gte.100, where.product=like.Esp*, where.id=in.(1,2,3)"
+    if not column:
+        raise ValidationError(f"Name a column after 'where.', {example}.", field="where")
+    if "\x00" in text:
+        raise ValidationError(
+            f"where.{column} holds a NUL character, which no column value can; remove it.",
+            field="where",
+        )
+    op, dot, value = text.partition(".")
+    if not dot or op not in OPS:
+        raise ValidationError(
+            f"where.{column} must be <op>.<value> with <op> one of {', '.join(OPS)}; {example}.",
+            field="where",
+        )
+    if op == "is":
+        if value not in ("null", "not_null"):
+            raise ValidationError(
+                f"where.{column}=is.<value> takes is.null or is.not_null.", field="where"
+            )
+        return Filter(column, op, (value,))
+    if op == "in":
+        if not (value.startswith("(") and value.endswith(")")):
+            raise ValidationError(
+                f"where.{column}=in.(a,b,c) lists values in parentheses, comma-separated "
+                '(quote a value that holds a comma: in.("a,b",c)).',
+                field="where",
+            )
+        try:
+            items = next(csv.reader([value[1:-1]], skipinitialspace=False, strict=True), [])
+        except csv.Error:
+            raise ValidationError(
+                f"where.{column}=in.(...) could not be read: quote values with double quotes "
+                'and double any quote inside, e.g. in.("a,b","say ""hi""").',
+                field="where",
+            ) from None
+        if not items or len(items) > MAX_IN_VALUES:
+            raise ValidationError(
+                f"where.{column}=in.(...) takes 1 to {MAX_IN_VALUES} values.", field="where"
+            )
+        return Filter(column, op, tuple(items))
+    return Filter(column, op, (value,))
