@@ -11,7 +11,8 @@ REAL, INTEGER) with a `fetchmany(10000)` cursor, so each side pays the same read
   measured on fewer rows, its rate extrapolated).
 - W2: the same into a PostgreSQL store vs a bare psycopg `COPY ... FROM STDIN` with
   `write_row` (target >= 0.7x), and vs `PostgresHook.insert_rows` (target >= 5x; fewer
-  rows, rate extrapolated).
+  rows, rate extrapolated). The peer is the plain text-format loop; our write sends a
+  binary `COPY` (plus the row number and the primary key a snapshot table needs).
 - W3: peak RSS growth of a process running `AskRuleOperator.execute` (source read,
   snapshot write, publish) at a small and a large row count (target < 100 MB each).
   Measured in a fresh subprocess from /proc (VmHWM after resetting it, minus VmRSS).

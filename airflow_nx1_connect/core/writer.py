@@ -6,7 +6,7 @@
 2. commits a `writing` record and takes its lease (`core.lease`), which dies with the
    process;
 3. creates and fills the snapshot's own table `nx1_snap_<id>` in one transaction
-   (batched `executemany` on SQLite, `COPY` on PostgreSQL);
+   (batched `executemany` on SQLite, `COPY` on PostgreSQL: `core.pg_copy`);
 4. publishes it: one short transaction marks it `published` and moves the data API's
    latest pointer;
 5. applies retention (published snapshots beyond `snapshot_retention` are dropped).
@@ -22,10 +22,8 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -36,6 +34,7 @@ from airflow_nx1_connect.core import types
 from airflow_nx1_connect.core.clock import utcnow
 from airflow_nx1_connect.core.errors import RuleError, SnapshotNotFound
 from airflow_nx1_connect.core.lease import Lease
+from airflow_nx1_connect.core.pg_copy import copy_rows
 from airflow_nx1_connect.core.snapshots import (
     Snapshot,
     latest_snapshot,
@@ -385,13 +384,14 @@ def _fill_postgres(
             if previous is not None and mode == "append":
                 cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
                 count += max(cur.rowcount, 0)
-            with cur.copy(f"COPY {quote(conn, table)} ({cols}) FROM STDIN") as copy:
-                write_rows = _copy_writer(copy)
-                for batch in batches:
-                    if batch:
-                        write_rows(_encode_batch(batch, encoders), count + 1)
-                        count += len(batch)
-                        progress.add(len(batch))
+            count += copy_rows(
+                cur,
+                f"COPY {quote(conn, table)} ({cols}) FROM STDIN",
+                columns,
+                (_encode_batch(batch, encoders) for batch in batches if batch),
+                count + 1,
+                progress.add,
+            )
             if previous is not None and mode == "merge":
                 if count:
                     # Previous rows get identity numbers after the ones sent explicitly.
@@ -411,44 +411,6 @@ def _fill_postgres(
         raw.rollback()
         raise
     return count
-
-
-_concat: Callable[..., tuple[Any, ...]] = tuple.__add__
-
-
-def _copy_writer(copy: Any) -> Callable[[Sequence[Sequence[Any]], int], None]:
-    """A function writing a batch of rows, numbered from `first`, to a psycopg text `COPY`.
-
-    With psycopg's row formatter a whole batch is numbered (C-level `map`), formatted
-    into one buffer by a C-level loop and sent in one `write`: no Python call per row.
-    If psycopg's internals ever change, it falls back to the public `write_row`.
-    """
-    try:
-        from psycopg._copy_base import TextFormatter, format_row_text
-
-        formatter = copy.formatter
-        transformer = formatter.transformer
-        usable = type(formatter) is TextFormatter
-    except (ImportError, AttributeError):
-        usable = False
-    if not usable:
-
-        def write_each(rows: Sequence[Sequence[Any]], first: int) -> None:
-            for number, row in enumerate(rows, start=first):
-                copy.write_row((number, *row))
-
-        return write_each
-
-    def write_batch(rows: Sequence[Sequence[Any]], first: int) -> None:
-        if not isinstance(rows[0], tuple):
-            rows = list(map(tuple, rows))
-        # (n,) + row for each row, at C level.
-        numbered = map(_concat, zip(range(first, first + len(rows))), rows)
-        buffer = bytearray()
-        deque(map(format_row_text, numbered, repeat(transformer), repeat(buffer)), maxlen=0)
-        copy.write(buffer)
-
-    return write_batch
 
 
 def _publish(engine: Engine, snapshot_id: str, data_api: str, row_count: int) -> Snapshot:
