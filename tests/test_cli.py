@@ -140,8 +140,9 @@ def test_key_lifecycle(sales):
     table = ok("keys", "list", "--data-api", "sales").stdout.splitlines()
     assert table[0].split() == [
         "KEY", "ID", "PREFIX", "DATA", "API", "DESCRIPTION", "CREATED", "EXPIRES", "LAST",
-        "USED", "STATUS",
+        "USED", "STATUS", "SCOPES", "RATE", "LIMIT", "REQUESTS", "(TODAY/7D/ALL)",
     ]  # fmt: skip
+    assert table[1].split()[-1] == "0/0/0"  # requests today / last 7 days / in all
     assert table[1].split()[:3] == [key_id, secret[:12], "sales"]
     assert table[1].index(secret[:12]) == table[0].index("PREFIX")  # aligned columns
     assert json.loads(ok("keys", "list", "--data-api", "ops", "--json").stdout) == []
