@@ -12,6 +12,7 @@ Errors are problem+json through `core.serving.problem_for`.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -31,6 +32,8 @@ from airflow_nx1_connect.core.errors import (
 from airflow_nx1_connect.core.serving import http
 from airflow_nx1_connect.web import admin_models as am
 from airflow_nx1_connect.web import models, roles
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/admin"
 SCHEME = "airflowToken"
@@ -98,6 +101,9 @@ async def _caller(
         user = await resolve_user_from_token(token)
     except HTTPException:
         raise AdminAuthError("The Airflow API token is invalid or has expired.") from None
+    except Exception as exc:  # e.g. no auth manager: this app runs outside the api-server
+        log.warning("Could not check an Airflow API token: %s", http.one_line(exc))
+        raise AdminAuthError("The Airflow API token cannot be checked by this server.") from None
     client = request.client.host if request.client else None
     return Caller(user, client)
 
