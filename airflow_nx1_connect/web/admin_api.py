@@ -405,9 +405,41 @@ def _problem_response(exc: BaseException) -> FastAPIResponse:
     )
 
 
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _method_not_allowed(allowed: list[str]) -> Any:
+    def refuse(request: Request) -> FastAPIResponse:
+        raise http.Problem(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            f"{request.method} is not allowed here; use {' or '.join(allowed)}.",
+            [("Allow", ", ".join(allowed))],
+        )
+
+    return refuse
+
+
 def install(app: FastAPI, api_prefix: str) -> None:
-    """Add the admin routes under `{api_prefix}/admin` and map core errors to problem+json."""
+    """Add the admin routes under `{api_prefix}/admin` and map core errors to problem+json.
+
+    Other methods on an admin path get 405 with that path's own `Allow` header.
+    """
     app.include_router(router, prefix=api_prefix)
+    allowed: dict[str, list[str]] = {}
+    for route in router.routes:
+        methods = sorted(getattr(route, "methods", ()) or ())
+        allowed.setdefault(api_prefix + route.path, []).extend(methods)  # type: ignore[attr-defined]
+    for path, methods in allowed.items():
+        others = [m for m in _METHODS if m not in methods]
+        app.add_api_route(
+            path, _method_not_allowed(sorted(methods)), methods=others, include_in_schema=False
+        )
+
+    @app.exception_handler(http.Problem)
+    async def _problem(request: Request, exc: http.Problem) -> FastAPIResponse:
+        return _problem_response(exc)
 
     @app.exception_handler(Nx1Error)
     async def _nx1_error(request: Request, exc: Nx1Error) -> FastAPIResponse:

@@ -382,6 +382,18 @@ def test_key_lifecycle(client: Any, store: dict[str, Any], tokens: dict[str, str
         assert k not in everything
 
 
+def test_other_methods_get_405_with_the_paths_allow(client: Any) -> None:
+    for method, path, allow in (
+        ("PUT", "/keys", "GET, POST"),
+        ("PATCH", "/keys/0123456789abcdef", "DELETE, GET"),
+        ("GET", "/keys/0123456789abcdef/rotate", "POST"),
+        ("POST", "/audit", "GET"),
+    ):
+        r = client.request(method, ADMIN + path)
+        assert "use " in _problem(r, 405)["detail"]
+        assert r.headers["allow"] == allow
+
+
 def test_openapi_documents_the_admin_api(client: Any) -> None:
     doc = client.get("/nx1/api/v1/openapi.json").json()
     assert doc["components"]["securitySchemes"]["airflowToken"] == {
