@@ -66,3 +66,15 @@ class AuthError(Nx1Error):
 
 class Forbidden(Nx1Error):
     """A valid key was presented for another data API (public: 403)."""
+
+
+class Conflict(Nx1Error):
+    """The request clashes with what exists (a data API name taken, a revoked key rotated)."""
+
+
+class AdminAuthError(Nx1Error):
+    """No valid Airflow API token on an admin REST API request (public: 401)."""
+
+
+class AdminForbidden(Nx1Error):
+    """The Airflow user lacks the NX1 Connect permission for this action (public: 403)."""

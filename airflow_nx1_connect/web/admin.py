@@ -34,8 +34,8 @@ from flask import Response, abort, flash, g, make_response, redirect, request, u
 from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
+from airflow_nx1_connect.core import control, reads, store, types
 from airflow_nx1_connect.core import keys as core_keys
-from airflow_nx1_connect.core import reads, store, types
 from airflow_nx1_connect.core import snapshots as core_snapshots
 from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import (
@@ -185,6 +185,11 @@ def _current_user() -> Any:
     return getter()
 
 
+def _user_name(user: Any) -> str:
+    getter = getattr(user, "get_name", None)
+    return str(getter() if getter is not None else getattr(user, "username", "unknown"))
+
+
 def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Require a logged-in user with `action` (`can_read`/`can_edit`) on some data API kind.
 
@@ -200,6 +205,7 @@ def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 if request.method == "POST":
                     abort(401)
                 return redirect(self._login_url())
+            g.nx1_actor = control.Actor(_user_name(user), request.remote_addr)
             g.nx1_read = roles.kinds_allowed(user, roles.ACTION_READ)
             g.nx1_edit = roles.kinds_allowed(user, roles.ACTION_EDIT) & g.nx1_read
             allowed = g.nx1_edit if action == roles.ACTION_EDIT else g.nx1_read
@@ -408,7 +414,7 @@ class Nx1ConnectView(BaseView):
         error = None
         if request.method == "POST":
             if request.form.get("confirm", "").strip() == api.name:
-                core_snapshots.delete_data_api(engine, api.name)
+                control.delete_data_api(engine, api.name, actor=g.nx1_actor)
                 flash(f"Deleted data API {api.name} with its keys and snapshots.", "info")
                 return redirect(url_for("Nx1ConnectView.data_apis"))
             error = f"Type the data API's name, {api.name}, to confirm."
@@ -487,11 +493,12 @@ class Nx1ConnectView(BaseView):
         if errors:
             return None, errors
         try:
-            created = core_keys.create_key(
+            created = control.create_key(
                 self._engine(),
                 data_api=name,
                 days=core_keys.validate_days(form["days"]),
                 description=form["description"] or None,
+                actor=g.nx1_actor,
             )
         except DataApiNotFound:
             return None, {"data_api": f"Data API {name!r} was just deleted; choose another."}
@@ -508,8 +515,8 @@ class Nx1ConnectView(BaseView):
         error = None
         if request.method == "POST":
             try:
-                updated = core_keys.extend_key(
-                    self._engine(), key.id, days=core_keys.validate_days(days)
+                updated = control.extend_key(
+                    self._engine(), key.id, days=core_keys.validate_days(days), actor=g.nx1_actor
                 )
             except ValidationError as exc:
                 error = str(exc)
@@ -534,7 +541,7 @@ class Nx1ConnectView(BaseView):
     def revoke_key(self, key_id: str) -> Any:
         """Revoke a key now; every server refuses it at once."""
         key = self._key(key_id)
-        core_keys.revoke_key(self._engine(), key.id)
+        control.revoke_key(self._engine(), key.id, actor=g.nx1_actor)
         flash(f"Revoked key {key.prefix}\u2026 of {key.data_api}.", "info")
         return redirect(url_for("Nx1ConnectView.keys"))
 
@@ -544,7 +551,7 @@ class Nx1ConnectView(BaseView):
         """Delete a key's record; it stops working at once."""
         key = self._key(key_id)
         try:
-            core_keys.delete_key(self._engine(), key.id)
+            control.delete_key(self._engine(), key.id, actor=g.nx1_actor)
         except KeyNotFound:
             pass
         flash(f"Deleted key {key.prefix}\u2026 of {key.data_api}.", "info")

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from airflow_nx1_connect.core import audit, writer
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import writer
 from airflow_nx1_connect.core.errors import DataApiNotFound, KeyNotFound
 from airflow_nx1_connect.core.store import api_keys
 
@@ -285,6 +285,9 @@ def test_create_key_shows_it_once(clients: dict[str, Any], store: dict[str, Any]
     listing = asker.get(f"{BASE}/keys").text
     assert secret not in listing and key.prefix in listing and "BI dashboard" in listing
     assert "expires in" in listing
+    [event] = audit.list_events(store["engine"], key_id=key.id)
+    assert (event.action, event.actor, event.data_api) == ("create_key", "asker", key.data_api)
+    assert secret not in str(event.to_dict())
 
 
 @pytest.mark.parametrize(
@@ -413,6 +416,14 @@ def test_extend_revoke_delete(clients: dict[str, Any], store: dict[str, Any]) ->
         core_keys.get_key(engine, key.id)
     missing = _post(engineer, f"{BASE}/keys/{key.id}/delete", page=f"{BASE}/keys")
     assert missing.status_code == 404
+    # Every action is in the audit trail, with the logged-in user as its actor.
+    events = audit.list_events(engine, key_id=key.id)
+    assert [(e.action, e.actor) for e in events] == [
+        ("delete_key", "engineer"),
+        ("revoke_key", "engineer"),
+        ("extend_key", "engineer"),
+    ]
+    assert events[0].data_api == key.data_api and events[0].remote_addr
 
 
 def test_delete_data_api_needs_confirmation(clients: dict[str, Any], store: dict[str, Any]) -> None:
@@ -435,6 +446,9 @@ def test_delete_data_api_needs_confirmation(clients: dict[str, Any], store: dict
     assert left == 0
     assert snaps.list_snapshots(engine, "weekly_top_product") == []
     assert "Deleted data API weekly_top_product" in asker.get(f"{BASE}/").text
+    [event] = audit.list_events(engine, data_api="weekly_top_product")
+    assert (event.action, event.actor) == ("delete_data_api", "asker")
+    assert event.detail == {"keys": 1, "snapshots": 1}
 
 
 def test_ensure_roles_restores_missing_permissions(api_app: Any) -> None:

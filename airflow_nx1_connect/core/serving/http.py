@@ -21,8 +21,11 @@ import sqlalchemy as sa
 
 from airflow_nx1_connect.core.clock import http_date
 from airflow_nx1_connect.core.errors import (
+    AdminAuthError,
+    AdminForbidden,
     AuthError,
     ConfigError,
+    Conflict,
     Forbidden,
     NotFound,
     SnapshotGone,
@@ -223,6 +226,19 @@ def problem_for(exc: BaseException) -> Response:
             "owner for a valid key.",
             [("WWW-Authenticate", 'Bearer error="invalid_token"')],
         )
+    if isinstance(exc, AdminAuthError):
+        return problem(
+            401,
+            "missing-token",
+            "Airflow API token required",
+            f"{exc} Get a token with POST /auth/token and send it in an "
+            "'Authorization: Bearer <token>' header; data API keys are not accepted here.",
+            [("WWW-Authenticate", "Bearer")],
+        )
+    if isinstance(exc, AdminForbidden):
+        return problem(403, "forbidden", "Permission denied", str(exc))
+    if isinstance(exc, Conflict):
+        return problem(409, "conflict", "Conflict", str(exc))
     if isinstance(exc, Forbidden):
         return problem(
             403,
