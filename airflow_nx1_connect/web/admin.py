@@ -40,7 +40,7 @@ from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
 from airflow_nx1_connect.core import audit as core_audit
-from airflow_nx1_connect.core import control, key_usage, reads, store, types
+from airflow_nx1_connect.core import control, reads, store, types, usage
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as core_snapshots
 from airflow_nx1_connect.core.clock import iso, utcnow
@@ -524,13 +524,13 @@ class Nx1ConnectView(BaseView):
             self._data_api(name)
         found = core_keys.list_keys(engine, data_api=name, kinds=sorted(g.nx1_read))
         kinds = {a.name: a.kind for a in core_snapshots.list_data_apis(engine, sorted(g.nx1_read))}
-        usage = key_usage.usage_for(engine, [k.id for k in found])
+        counts = usage.usage_for_keys(engine, [k.id for k in found])
         return self._page(
             "keys.html",
             keys=found,
             kinds=kinds,
             data_api=name,
-            usage=usage,
+            usage=counts,
             overlap_hours=core_keys.DEFAULT_OVERLAP_HOURS,
         )
 
