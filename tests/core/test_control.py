@@ -232,7 +232,7 @@ def test_cli_apis_create_rotate_and_audit(store_env: str, engine: Any) -> None:
     listed = json.loads(ok("keys", "list", "--json").stdout)
     assert {k["key_id"] for k in listed} == {key.id, new.id}
     assert all(set(k["usage"]) == {"today", "last_7_days", "total"} for k in listed)
-    assert "REQUESTS" in ok("keys", "list").stdout
+    assert "USAGE" in ok("keys", "list").stdout
 
     ok("keys", "revoke", new.id)
     ok("apis", "delete", "weekly")

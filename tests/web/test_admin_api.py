@@ -322,8 +322,8 @@ def test_key_lifecycle(client: Any, store: dict[str, Any], tokens: dict[str, str
     assert {k["key_id"] for k in listed} == {key_id, store["key_id"]}
     assert all("key" not in k for k in listed)
     one = client.get(f"{ADMIN}/keys/{key_id}", headers=admin).json()
-    assert one["usage"] == {"today": 0, "last_7_days": 0, "total": 0}
-    assert one["last_used"] is not None  # the read above
+    assert one["usage"] == {"today": 1, "last_7_days": 1, "total": 1}  # the read above
+    assert one["last_used"] is not None
 
     ext = client.post(f"{ADMIN}/keys/{key_id}/extend", json={"days": 3}, headers=admin)
     assert ext.status_code == 200
