@@ -202,29 +202,20 @@ def db_migrate() -> None:
 
 @cli.group(cls=_Group)
 def apis() -> None:
-    """List and delete data APIs (they are created by a rule task's first run)."""
+    """Create, list and delete data APIs (a rule task's first run also creates one)."""
 
 
 def _api_dict(engine: Any, api: Any) -> dict[str, Any]:
-    from airflow_nx1_connect.core import snapshots
-    from airflow_nx1_connect.core.errors import SnapshotNotFound
+    from airflow_nx1_connect.core import control
 
-    try:
-        latest: dict[str, Any] | None = snapshots.latest_snapshot(engine, api.name).summary()
-    except SnapshotNotFound:
-        latest = None
-    return {
-        "name": api.name,
-        "kind": api.kind,
-        "description": api.description,
-        "question": api.question,
-        "dag_id": api.dag_id,
-        "task_id": api.task_id,
-        "write_mode": api.write_mode,
-        "created_at": iso(api.created_at),
-        "updated_at": iso(api.updated_at),
-        "latest_snapshot": latest,
-    }
+    return control.data_api_dict(engine, api)
+
+
+def _actor() -> Any:
+    """The audit actor of this command: `cli:<os user>`."""
+    from airflow_nx1_connect.core import audit, control
+
+    return control.Actor(audit.cli_actor())
 
 
 @apis.command("list")
@@ -264,16 +255,61 @@ def apis_delete(name: str) -> None:
 
     Its keys stop working at once. A rule task that runs again creates it anew.
     """
-    from airflow_nx1_connect.core import keys, snapshots
+    from airflow_nx1_connect.core import control
 
-    engine = _engine()
-    snapshots.get_data_api(engine, name)
-    n_keys = len(keys.list_keys(engine, data_api=name))
-    n_snaps = len(
-        snapshots.list_snapshots(engine, name, statuses=("published", "writing", "failed"))
+    counts = control.delete_data_api(_engine(), name, actor=_actor())
+    _note(
+        f"Deleted data API {name!r} with {counts['keys']} key(s) and "
+        f"{counts['snapshots']} snapshot(s)."
     )
-    snapshots.delete_data_api(engine, name)
-    _note(f"Deleted data API {name!r} with {n_keys} key(s) and {n_snaps} snapshot(s).")
+
+
+@apis.command("create")
+@click.argument("name")
+@click.option(
+    "--kind", required=True, type=click.Choice(["ask", "engineer"]), help="The rule's kind."
+)
+@click.option("--dag", "dag_id", required=True, metavar="DAG_ID", help="The rule's DAG.")
+@click.option("--task", "task_id", required=True, metavar="TASK_ID", help="The rule's task.")
+@click.option("--description", metavar="TEXT", help="What the data API serves (optional).")
+@click.option(
+    "--key-days",
+    metavar="N",
+    help="Validity of the first key in days (default 30, at most [nx1_connect] max_key_days).",
+)
+def apis_create(
+    name: str,
+    kind: str,
+    dag_id: str,
+    task_id: str,
+    description: str | None,
+    key_days: str | None,
+) -> None:
+    """Create data API NAME ahead of its rule's first run, with a first key.
+
+    The data API is bound to task TASK_ID of DAG DAG_ID: that task's first run publishes
+    into it (any other task using the name is refused). Until then reads answer 404. The
+    first key alone goes to stdout, this once; everything else to stderr.
+    """
+    from airflow_nx1_connect.core import control
+
+    _api, created = control.create_data_api(
+        _engine(),
+        name=name,
+        kind=kind,
+        dag_id=dag_id,
+        task_id=task_id,
+        description=description,
+        key_days=key_days,
+        actor=_actor(),
+    )
+    click.echo(created.secret)
+    k = created.key
+    _note(
+        f"Created {kind} data API {name!r} for task {task_id!r} of DAG {dag_id!r}, and key "
+        f"{k.id} (prefix {k.prefix}), expires {iso(k.expires_at)}."
+    )
+    _note("Store the key now: it is not shown again.")
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -313,15 +349,17 @@ def keys_create(
     The key alone goes to stdout (e.g. KEY=$(nx1-connect keys create ...)); its id,
     prefix and expiry go to stderr. Only a hash is stored: the key cannot be shown again.
     """
+    from airflow_nx1_connect.core import control
     from airflow_nx1_connect.core import keys as core_keys
 
-    created = core_keys.create_key(
+    created = control.create_key(
         _engine(),
         data_api=data_api,
         days=core_keys.validate_days(days),
         description=description,
         scopes=scopes,
         rate_limit=core_keys.validate_rate_limit(rate_limit),
+        actor=_actor(),
     )
     click.echo(created.secret)
     k = created.key
@@ -342,13 +380,11 @@ def keys_list(data_api: str | None, as_json: bool) -> None:
 
     Never shows a key or its hash.
     """
+    from airflow_nx1_connect.core import control
     from airflow_nx1_connect.core import keys as core_keys
-    from airflow_nx1_connect.core.usage import usage_for_keys
 
     engine = _engine()
-    found = core_keys.list_keys(engine, data_api=data_api)
-    used = usage_for_keys(engine, [k.id for k in found])
-    items = [{**core_keys.key_to_dict(k), "usage": used[k.id]} for k in found]
+    items = control.key_dicts(engine, core_keys.list_keys(engine, data_api=data_api))
     if as_json:
         _print_json(items)
         return
@@ -375,9 +411,9 @@ def _usage_cell(usage: dict[str, int]) -> str:
 @days_option
 def keys_extend(key_id: str, days: str) -> None:
     """Move the expiry of key KEY_ID N days later (from now if it already expired)."""
-    from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core import control
 
-    key = core_keys.extend_key(_engine(), key_id, days=core_keys.validate_days(days))
+    key = control.extend_key(_engine(), key_id, days=days, actor=_actor())
     _note(f"Key {key.id} now expires {iso(key.expires_at)}.")
 
 
@@ -385,9 +421,9 @@ def keys_extend(key_id: str, days: str) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke key KEY_ID: it is refused at once. The record stays for the audit trail."""
-    from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core import control
 
-    key = core_keys.revoke_key(_engine(), key_id)
+    key = control.revoke_key(_engine(), key_id, actor=_actor())
     _note(f"Key {key.id} is revoked since {iso(key.revoked_at)}.")
 
 
@@ -395,10 +431,71 @@ def keys_revoke(key_id: str) -> None:
 @click.argument("key_id")
 def keys_delete(key_id: str) -> None:
     """Delete key KEY_ID and its record: it is refused at once."""
-    from airflow_nx1_connect.core import keys as core_keys
+    from airflow_nx1_connect.core import control
 
-    core_keys.delete_key(_engine(), key_id)
+    control.delete_key(_engine(), key_id, actor=_actor())
     _note(f"Key {key_id} is deleted.")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option(
+    "--overlap-hours",
+    metavar="H",
+    help="Hours the old key stays valid next to the new one (default 24; 0 = ends now).",
+)
+def keys_rotate(key_id: str, overlap_hours: str | None) -> None:
+    """Replace key KEY_ID with a new one and print the new key on stdout, this once.
+
+    The new key reads the same data API with the same description, scopes and rate
+    limit. The old key keeps working for the overlap, then is refused.
+    """
+    from airflow_nx1_connect.core import control
+
+    created, old = control.rotate_key(
+        _engine(), key_id, overlap_hours=overlap_hours, actor=_actor()
+    )
+    click.echo(created.secret)
+    k = created.key
+    _note(
+        f"Created key {k.id} (prefix {k.prefix}) for data API {k.data_api!r}, expires "
+        f"{iso(k.expires_at)}; key {old.id} stops working at {iso(old.expires_at)}."
+    )
+    _note("Store it now: it is not shown again.")
+
+
+# -- audit ------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def audit() -> None:
+    """The audit trail of admin actions (keys and data APIs created, changed, deleted)."""
+
+
+@audit.command("list")
+@click.option("--data-api", "data_api", metavar="NAME", help="Only events of this data API.")
+@click.option("--key-id", "key_id", metavar="KEY_ID", help="Only events of this key.")
+@click.option("--limit", metavar="N", help="At most N events, newest first (default 100).")
+@json_option
+def audit_list(data_api: str | None, key_id: str | None, limit: str | None, as_json: bool) -> None:
+    """List admin actions, newest first: when, who, what, data API, key, from where.
+
+    Who is the Airflow user (admin view, admin REST API) or cli:<os user>.
+    """
+    from airflow_nx1_connect.core import audit as core_audit
+
+    events = core_audit.list_events(_engine(), data_api=data_api, key_id=key_id, limit=limit)
+    items = [e.to_dict() for e in events]
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        _note("No audit events.")
+        return
+    fields = ["at", "actor", "action", "data_api", "key_id", "remote_addr"]
+    _print_table(
+        [f.replace("_", " ").upper() for f in fields], [[i[f] for f in fields] for i in items]
+    )
 
 
 # -- snapshots --------------------------------------------------------------------------

@@ -96,3 +96,15 @@ class RunRefused(Nx1Error):
 
 class RunsUnavailable(Nx1Error):
     """Airflow (its metadata database) cannot be asked about runs right now (public: 503)."""
+
+
+class Conflict(Nx1Error):
+    """The request clashes with what exists (a data API name taken, a revoked key rotated)."""
+
+
+class AdminAuthError(Nx1Error):
+    """No valid Airflow API token on an admin REST API request (public: 401)."""
+
+
+class AdminForbidden(Nx1Error):
+    """The Airflow user lacks the NX1 Connect permission for this action (public: 403)."""

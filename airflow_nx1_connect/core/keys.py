@@ -589,3 +589,73 @@ def key_to_dict(key: ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
         "scopes": list(key.scopes),
         "rate_limit": key.rate_limit,
     }
+
+
+#: Hours a rotated key stays valid next to its successor, unless told otherwise.
+DEFAULT_OVERLAP_HOURS = 24
+
+
+def validate_overlap_hours(hours: object) -> int:
+    """Whole hours from 0 up to max_key_days * 24 (an int or its text); None: the default."""
+    if hours is None or hours == "":
+        return DEFAULT_OVERLAP_HOURS
+    limit = max_key_days() * 24
+    value: int | None = None
+    if isinstance(hours, int) and not isinstance(hours, bool):
+        value = hours
+    elif isinstance(hours, str) and re.fullmatch(r"\s*\d{1,9}\s*", hours):
+        value = int(hours)
+    if value is None or not 0 <= value <= limit:
+        raise ValidationError(
+            f"The overlap must be a whole number of hours from 0 to {limit}; "
+            f"got {str(hours)[:40]!r}.",
+            field="overlap_hours",
+        )
+    return value
+
+
+def rotate_key(
+    engine: Engine,
+    key_id: str,
+    *,
+    overlap_hours: int | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[CreatedKey, ApiKey]:
+    """Replace a key: (the new key, secret shown once; the old key's updated record).
+
+    The new key reads the same data API with the same description, scopes and rate limit,
+    for as many days as the old one was issued for (1..max_key_days), and records
+    `rotated_from`. The old key stays valid for `overlap_hours` (default 24) and is then
+    refused: its expiry becomes the earlier of its own and now + overlap. A revoked key
+    cannot be rotated (ValidationError). The new key is created first, so a failure in
+    between leaves both keys valid rather than none.
+    """
+    overlap = validate_overlap_hours(overlap_hours)
+    current = _now(now)
+    old = get_key(engine, key_id)
+    if old.revoked_at is not None:
+        raise ValidationError(
+            f"Key {key_id} is revoked and cannot be rotated; create a new key instead.",
+            field="key_id",
+        )
+    issued_days = (old.expires_at - old.created_at).days
+    days = min(max(issued_days, 1), max_key_days())
+    created = create_key(
+        engine,
+        data_api=old.data_api,
+        days=days,
+        description=old.description,
+        scopes=old.scopes,
+        rate_limit=old.rate_limit,
+        rotated_from=old.id,
+        now=current,
+    )
+    ends = current.replace(microsecond=0) + dt.timedelta(hours=overlap)
+    with engine.begin() as conn:
+        conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == old.id, api_keys.c.expires_at > ends)
+            .values(expires_at=ends)
+        )
+    log.info("Rotated data API key %s into %s; the old one ends %s", old.id, created.key.id, ends)
+    return created, get_key(engine, old.id)

@@ -4,11 +4,16 @@ A Flask-AppBuilder view served by the api-server's `/pluginsv2` Flask app, at
 `/pluginsv2/nx1connect/` (the data APIs list). Every request is checked on the server:
 
 - anonymous users are sent to Airflow's login page;
-- a logged-in user sees the data APIs and keys of the kinds on which they have `can_read`,
-  and manages (creates, extends, revokes, deletes keys; deletes data APIs) those on which
-  they have `can_edit` (see `airflow_nx1_connect.web.roles`); anyone else gets 403;
+- a logged-in user sees the data APIs, keys (with their usage) and audit events of the kinds
+  on which they have `can_read`, and manages (creates data APIs ahead of their first run;
+  creates, extends, rotates, revokes, deletes keys; deletes data APIs) those on which they
+  have `can_edit` (see `airflow_nx1_connect.web.roles`); anyone else gets 403;
 - every state change is a POST carrying a CSRF token, checked here even if Flask-WTF's
-  global CSRF protection were turned off.
+  global CSRF protection were turned off, and goes through `core.control`, which records it
+  in the audit trail with the logged-in user as its actor.
+
+The pages have no FAB navigation bar: inside the Airflow 3 UI they are shown in a frame next
+to Airflow's own sidebar (see `templates/nx1connect/base.html`).
 
 Login: Airflow's login form (`/auth/login/`) stores the user in the FAB session. With the
 default `[fab] session_backend = database` that session lives in Airflow's database, but the
@@ -34,11 +39,13 @@ from flask import Response, abort, flash, g, make_response, redirect, request, u
 from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
+from airflow_nx1_connect.core import audit as core_audit
+from airflow_nx1_connect.core import control, reads, store, types, usage
 from airflow_nx1_connect.core import keys as core_keys
-from airflow_nx1_connect.core import reads, store, types
 from airflow_nx1_connect.core import snapshots as core_snapshots
 from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import (
+    Conflict,
     DataApiNotFound,
     KeyNotFound,
     SnapshotNotFound,
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 #: Rows shown in a snapshot preview.
 PREVIEW_ROWS = 20
+#: Audit events shown on the Audit page.
+AUDIT_ROWS = 200
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,6 +194,11 @@ def _current_user() -> Any:
     return getter()
 
 
+def _user_name(user: Any) -> str:
+    getter = getattr(user, "get_name", None)
+    return str(getter() if getter is not None else getattr(user, "username", "unknown"))
+
+
 def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Require a logged-in user with `action` (`can_read`/`can_edit`) on some data API kind.
 
@@ -200,6 +214,7 @@ def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 if request.method == "POST":
                     abort(401)
                 return redirect(self._login_url())
+            g.nx1_actor = control.Actor(_user_name(user), request.remote_addr)
             g.nx1_read = roles.kinds_allowed(user, roles.ACTION_READ)
             g.nx1_edit = roles.kinds_allowed(user, roles.ACTION_EDIT) & g.nx1_read
             allowed = g.nx1_edit if action == roles.ACTION_EDIT else g.nx1_read
@@ -408,7 +423,7 @@ class Nx1ConnectView(BaseView):
         error = None
         if request.method == "POST":
             if request.form.get("confirm", "").strip() == api.name:
-                core_snapshots.delete_data_api(engine, api.name)
+                control.delete_data_api(engine, api.name, actor=g.nx1_actor)
                 flash(f"Deleted data API {api.name} with its keys and snapshots.", "info")
                 return redirect(url_for("Nx1ConnectView.data_apis"))
             error = f"Type the data API's name, {api.name}, to confirm."
@@ -420,6 +435,82 @@ class Nx1ConnectView(BaseView):
             key_count=len(core_keys.list_keys(engine, data_api=api.name)),
             snapshot_count=len(core_snapshots.list_snapshots(engine, api.name)),
         )
+
+    @expose("/data-apis/new", methods=["GET", "POST"])
+    @guarded(roles.ACTION_EDIT)
+    def create_data_api(self) -> Any:
+        """The form (GET); register a data API ahead of its rule's first run, with its first
+        key shown once (POST)."""
+        max_days = get_settings().max_key_days
+        kinds = sorted(g.nx1_edit)
+        form = {
+            field: request.form.get(field, "").strip()
+            for field in ("name", "kind", "dag_id", "task_id", "description", "key_days")
+        }
+        if not form["kind"] and len(kinds) == 1:
+            form["kind"] = kinds[0]
+        if not form["key_days"]:
+            form["key_days"] = str(min(control.DEFAULT_FIRST_KEY_DAYS, max_days))
+        errors: dict[str, str] = {}
+        if request.method == "POST":
+            if form["kind"] not in kinds:
+                errors["kind"] = (
+                    f"Choose the kind: you may create {' or '.join(kinds)} data APIs."
+                    if form["kind"] == "" or form["kind"] not in roles.RESOURCES
+                    else f"Creating an {form['kind']} data API needs the nx1_{form['kind']} "
+                    "role (or Admin)."
+                )
+            else:
+                try:
+                    api, created = control.create_data_api(
+                        self._engine(),
+                        name=form["name"],
+                        kind=form["kind"],
+                        dag_id=form["dag_id"],
+                        task_id=form["task_id"],
+                        description=form["description"] or None,
+                        key_days=form["key_days"],
+                        actor=g.nx1_actor,
+                    )
+                except ValidationError as exc:
+                    field = {"data_api": "name", "days": "key_days"}.get(
+                        exc.field or "", exc.field or "name"
+                    )
+                    errors[field if field in form else "name"] = str(exc)
+                except Conflict as exc:
+                    errors["name"] = str(exc)
+                else:
+                    response = self._page("key_created.html", 201, created=created, new_api=api)
+                    response.headers["Pragma"] = "no-cache"
+                    return response
+        return self._page(
+            "data_api_form.html",
+            400 if errors else 200,
+            form=form,
+            errors=errors,
+            kinds=kinds,
+            max_days=max_days,
+        )
+
+    # -- audit ---------------------------------------------------------------------------
+
+    @expose("/audit")
+    @guarded(roles.ACTION_READ)
+    def audit(self) -> Any:
+        """Admin actions on the data APIs of the kinds the user may see, newest first."""
+        engine = self._engine()
+        name = request.args.get("data_api") or None
+        if name is not None:
+            self._data_api(name)
+        visible: set[str] | None = None
+        if set(g.nx1_read) != set(roles.RESOURCES):
+            # Events of data APIs of the other kind (or already deleted ones, whose kind is
+            # no longer known) stay hidden from a user who may see only one kind.
+            visible = {a.name for a in core_snapshots.list_data_apis(engine, sorted(g.nx1_read))}
+        events = core_audit.list_events(
+            engine, data_api=name, only_data_apis=visible, limit=AUDIT_ROWS
+        )
+        return self._page("audit.html", events=events, data_api=name, limit=AUDIT_ROWS)
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -433,7 +524,15 @@ class Nx1ConnectView(BaseView):
             self._data_api(name)
         found = core_keys.list_keys(engine, data_api=name, kinds=sorted(g.nx1_read))
         kinds = {a.name: a.kind for a in core_snapshots.list_data_apis(engine, sorted(g.nx1_read))}
-        return self._page("keys.html", keys=found, kinds=kinds, data_api=name)
+        counts = usage.usage_for_keys(engine, [k.id for k in found])
+        return self._page(
+            "keys.html",
+            keys=found,
+            kinds=kinds,
+            data_api=name,
+            usage=counts,
+            overlap_hours=core_keys.DEFAULT_OVERLAP_HOURS,
+        )
 
     def _manageable(self) -> list[core_snapshots.DataApi]:
         return core_snapshots.list_data_apis(self._engine(), kinds=sorted(g.nx1_edit))
@@ -447,6 +546,8 @@ class Nx1ConnectView(BaseView):
             "data_api": request.values.get("data_api", ""),
             "description": request.form.get("description", ""),
             "days": request.form.get("days", "30" if max_days >= 30 else str(max_days)),
+            "may_run": "run" if request.form.get("may_run") else "",
+            "rate_limit": request.form.get("rate_limit", ""),
         }
         errors: dict[str, str] = {}
         if request.method == "POST":
@@ -480,6 +581,10 @@ class Nx1ConnectView(BaseView):
             core_keys.validate_days(form["days"])
         except ValidationError as exc:
             errors["days"] = str(exc)
+        try:
+            core_keys.validate_rate_limit(form["rate_limit"].strip())
+        except ValidationError as exc:
+            errors["rate_limit"] = str(exc)
         if len(form["description"].strip()) > core_keys.MAX_DESCRIPTION_LENGTH:
             errors["description"] = (
                 f"Keep the description to at most {core_keys.MAX_DESCRIPTION_LENGTH} characters."
@@ -487,11 +592,14 @@ class Nx1ConnectView(BaseView):
         if errors:
             return None, errors
         try:
-            created = core_keys.create_key(
+            created = control.create_key(
                 self._engine(),
                 data_api=name,
                 days=core_keys.validate_days(form["days"]),
                 description=form["description"] or None,
+                scopes=("read", "run") if form["may_run"] else ("read",),
+                rate_limit=form["rate_limit"].strip() or None,
+                actor=g.nx1_actor,
             )
         except DataApiNotFound:
             return None, {"data_api": f"Data API {name!r} was just deleted; choose another."}
@@ -508,8 +616,8 @@ class Nx1ConnectView(BaseView):
         error = None
         if request.method == "POST":
             try:
-                updated = core_keys.extend_key(
-                    self._engine(), key.id, days=core_keys.validate_days(days)
+                updated = control.extend_key(
+                    self._engine(), key.id, days=core_keys.validate_days(days), actor=g.nx1_actor
                 )
             except ValidationError as exc:
                 error = str(exc)
@@ -529,12 +637,32 @@ class Nx1ConnectView(BaseView):
             max_days=get_settings().max_key_days,
         )
 
+    @expose("/keys/<key_id>/rotate", methods=["POST"])
+    @guarded(roles.ACTION_EDIT)
+    def rotate_key(self, key_id: str) -> Any:
+        """Make a new key like this one (shown once); the old one stays valid for the overlap."""
+        key = self._key(key_id)
+        try:
+            created, old = control.rotate_key(
+                self._engine(),
+                key.id,
+                overlap_hours=request.form.get("overlap_hours", "").strip() or None,
+                actor=g.nx1_actor,
+            )
+        except (ValidationError, Conflict) as exc:
+            return self._error(400, "The key was not rotated", str(exc))
+        except KeyNotFound as exc:
+            return self._error(404, "Unknown key", str(exc))
+        response = self._page("key_created.html", 201, created=created, rotated=old)
+        response.headers["Pragma"] = "no-cache"
+        return response
+
     @expose("/keys/<key_id>/revoke", methods=["POST"])
     @guarded(roles.ACTION_EDIT)
     def revoke_key(self, key_id: str) -> Any:
         """Revoke a key now; every server refuses it at once."""
         key = self._key(key_id)
-        core_keys.revoke_key(self._engine(), key.id)
+        control.revoke_key(self._engine(), key.id, actor=g.nx1_actor)
         flash(f"Revoked key {key.prefix}\u2026 of {key.data_api}.", "info")
         return redirect(url_for("Nx1ConnectView.keys"))
 
@@ -544,7 +672,7 @@ class Nx1ConnectView(BaseView):
         """Delete a key's record; it stops working at once."""
         key = self._key(key_id)
         try:
-            core_keys.delete_key(self._engine(), key.id)
+            control.delete_key(self._engine(), key.id, actor=g.nx1_actor)
         except KeyNotFound:
             pass
         flash(f"Deleted key {key.prefix}\u2026 of {key.data_api}.", "info")

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_nx1_connect.core import serving
 from airflow_nx1_connect.core.settings import get_settings
-from airflow_nx1_connect.web import models
+from airflow_nx1_connect.web import admin_api, models
 from airflow_nx1_connect.web.runs import launcher
 
 API_PREFIX = "/api/v1"
@@ -462,6 +462,9 @@ def create_app() -> FastAPI:
         # CORS preflights are answered (or refused) by core.serving, like on the blueprint.
         app.add_api_route(API_PREFIX + path, view, methods=["OPTIONS"], include_in_schema=False)
 
+    # The control plane (admin REST API, Airflow token): /api/v1/admin/...
+    admin_api.install(app, API_PREFIX)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:
         detail = exc.detail if isinstance(exc.detail, str) else None
@@ -488,20 +491,29 @@ def create_app() -> FastAPI:
                 servers=app.servers or None,
             )
             components = schema.setdefault("components", {})
-            components["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "The data API key."},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-            }
+            components.setdefault("securitySchemes", {}).update(
+                {
+                    "bearer": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "The data API key.",
+                    },
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                }
+            )
             schema["security"] = [{"bearer": []}, {"apiKey": []}]
-            for operation in (op for item in schema["paths"].values() for op in item.values()):
+            for path, operation in (
+                (path, op) for path, item in schema["paths"].items() for op in item.values()
+            ):
                 # Parameters are validated by core.serving (400), never by FastAPI (422).
                 operation.get("responses", {}).pop("422", None)
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     if status[0] in "45" and "application/json" in content:
                         content[serving.PROBLEM_JSON] = content.pop("application/json")
+                admin = path.startswith(API_PREFIX + admin_api.PREFIX)
                 for parameter in operation.get("parameters", []):
-                    if parameter["name"] == "limit":
+                    if parameter["name"] == "limit" and not admin:
                         parameter["schema"]["maximum"] = settings.max_page_size
                         parameter["description"] = parameter["description"].replace(
                             "`default_page_size`", str(settings.default_page_size)

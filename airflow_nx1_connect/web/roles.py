@@ -1,7 +1,8 @@
 """FAB roles and permissions of the NX1 Connect admin view.
 
 Two FAB resources, one per data API kind, each with the actions `can_read` (see the kind's
-data APIs and keys) and `can_edit` (create, extend, revoke, delete keys; delete data APIs):
+data APIs, keys and audit events) and `can_edit` (create data APIs ahead of their first run;
+create, extend, rotate, revoke, delete keys; delete data APIs):
 
 =====================  ======================================
 role                   permissions

@@ -1,4 +1,5 @@
-"""End to end in headless Chromium: log in to a real api-server, make a key, use it, revoke it.
+"""End to end in headless Chromium: log in to a real api-server, make a key, use it, rotate and
+revoke it, create a data API, read the audit trail; the view shows no second navbar.
 
 One `airflow api-server` per module (fresh AIRFLOW_HOME, `airflow db migrate`, FAB auth
 manager with its default database session backend, an Admin made with `airflow users
@@ -9,6 +10,7 @@ README's screenshots are refreshed with `NX1_UPDATE_SCREENSHOTS=1 make test`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,33 @@ API = "weekly_top_product"
 class Server:
     url: str
     log: Path
+    store_url: str
+
+
+def _record_usage(store_url: str, key_id: str | None, *, counts: dict[int, int]) -> None:
+    """Usage rows as the serving path flushes them (requests per key and UTC day).
+
+    `counts`: days ago -> requests; past days only, so rows the server itself flushes for
+    today (where request counting is on) never clash with these.
+    """
+    import datetime as dt
+
+    from airflow_nx1_connect.core import store
+
+    assert key_id
+    engine = store.create_store_engine(store_url)
+    day = dt.datetime.now(dt.UTC).date()
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                store.key_usage.insert(),
+                [
+                    {"key_id": key_id, "day": day - dt.timedelta(days=ago), "requests": n}
+                    for ago, n in counts.items()
+                ],
+            )
+    finally:
+        engine.dispose()
 
 
 def _populate(store_url: str) -> None:
@@ -114,7 +143,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         timeout=300,
     )
     with running_api_server(env, home) as (url, log):
-        yield Server(url, log)
+        yield Server(url, log, store_url)
 
 
 def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
@@ -142,6 +171,14 @@ def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
             page.wait_for_url("**/plugin/nx1-connect")
             frame = page.frame_locator("iframe").first
             expect(frame.locator("#nx1-data-apis")).to_be_visible()
+            # Inside the Airflow UI: Airflow's sidebar and our page, no second (FAB) navbar.
+            assert frame.locator(".navbar").count() == 0
+            expect(frame.locator("#nx1-standalone")).to_be_hidden()
+            expect(page.get_by_text("NX1 Connect", exact=True).first).to_be_visible()  # sidebar
+            frame_box = page.locator("iframe").first.bounding_box()
+            tabs_box = frame.locator(".nx1 .nav-tabs").bounding_box()
+            assert frame_box is not None and tabs_box is not None
+            assert tabs_box["y"] - frame_box["y"] < 40, (frame_box, tabs_box)  # tabs on top
             row = frame.locator(f'tr[data-name="{API}"]')
             expect(row.locator(".nx1-status")).to_have_text("live")
             expect(row.locator(".nx1-rows")).to_have_text("4")
@@ -153,6 +190,8 @@ def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
             expect(frame.locator("#data_api")).to_have_value(API)
             frame.locator("#description").fill("Retail dashboard")
             frame.locator("#days").fill("30")
+            frame.locator("#may_run").check()
+            frame.locator("#rate_limit").fill("600")
             frame.locator("#nx1-create").click()
             expect(frame.get_by_text("you will not see it again")).to_be_visible()
             shown = frame.locator("#nx1-key").input_value()
@@ -172,15 +211,87 @@ def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
             frame.locator("#nx1-done").click()
             key_row = frame.locator("#nx1-keys tbody tr").filter(has_text="Retail dashboard")
             expect(key_row.locator(".nx1-status")).to_contain_text("active")
+            expect(key_row.locator(".nx1-scopes")).to_contain_text("run")
+            expect(key_row.locator(".nx1-rate-limit")).to_have_text("600/min")
+            key_id = key_row.get_attribute("data-key-id")
+            _record_usage(server.store_url, key_id, counts={1: 3, 2: 9, 20: 50})
+            frame.locator(".nav-tabs a", has_text="API keys").click()
+            key_row = frame.locator(f'tr[data-key-id="{key_id}"]')
+            expect(key_row.locator(".nx1-usage-week")).not_to_have_text("0")  # reloaded
+            # The last 7 days: the 12 requests recorded (the one of 20 days ago is older),
+            # plus today's, where the server counts them.
+            today = int(key_row.locator(".nx1-usage-today").inner_text())
+            assert int(key_row.locator(".nx1-usage-week").inner_text()) == 12 + today
             assert copied not in frame.locator("body").inner_text()
             page.screenshot(path=str(IMG / "nx1-keys.png"))
+
+            # Rotate it: a new key (shown once); the old one works for the overlap.
+            key_row.locator("summary", has_text="Rotate").click()
+            key_row.locator("input[name=overlap_hours]").fill("1")
+            key_row.get_by_role("button", name="Confirm rotate").click()
+            expect(frame.locator("#nx1-rotated")).to_be_visible()
+            rotated = frame.locator("#nx1-key").input_value()
+            assert rotated.startswith("nx1_") and rotated != copied
+            page.screenshot(path=str(IMG / "nx1-key-rotated.png"))
+            for secret in (rotated, copied):
+                both = httpx.get(latest, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+                assert both.status_code == 200, both.text
+            frame.locator("#nx1-done").click()
+            key_row = frame.locator(f'tr[data-key-id="{key_id}"]')
+            expect(key_row.locator(".nx1-expires")).to_contain_text(
+                re.compile(r"expires in (1 hour|60 minutes|59 minutes)")
+            )
             key_row.locator("summary", has_text="Revoke").click()
             key_row.get_by_role("button", name="Confirm revoke").click()
             expect(key_row.locator(".nx1-status")).to_contain_text("revoked")
 
             refused = httpx.get(latest, headers={"Authorization": f"Bearer {copied}"}, timeout=30)
             assert refused.status_code == 401
-            for name in ("nx1-data-apis.png", "nx1-key-created.png", "nx1-keys.png"):
+
+            # Create a data API ahead of its rule's first run; its first key is shown once.
+            frame.locator(".nav-tabs a", has_text="Create data API").click()
+            expect(frame.locator("#nx1-create-api")).to_be_visible()
+            frame.locator("#name").fill("daily_sales")
+            frame.locator("#kind").select_option("ask")
+            frame.locator("#dag_id").fill("retail_daily")
+            frame.locator("#task_id").fill("daily_sales")
+            frame.locator("#description").fill("Sales per store and day")
+            frame.locator("#key_days").fill("90")
+            page.screenshot(path=str(IMG / "nx1-create-data-api.png"))
+            frame.locator("#nx1-create-api-submit").click()
+            expect(frame.locator("#nx1-api-created")).to_be_visible()
+            first = frame.locator("#nx1-key").input_value()
+            empty = httpx.get(
+                f"{server.url}/nx1/api/v1/data-apis/daily_sales/latest",
+                headers={"Authorization": f"Bearer {first}"},
+                timeout=30,
+            )
+            assert empty.status_code == 404 and "no published snapshot" in empty.json()["detail"]
+
+            # The Audit page shows every action, by the logged-in user, never a secret.
+            frame.locator(".nav-tabs a", has_text="Audit").click()
+            audit = frame.locator("#nx1-audit")
+            expect(audit).to_be_visible()
+            actions = audit.locator("tbody .nx1-action").all_inner_texts()
+            assert actions == ["create_data_api", "revoke_key", "rotate_key", "create_key"]
+            assert set(audit.locator("tbody .nx1-actor").all_inner_texts()) == {ADMIN}
+            text = frame.locator("body").inner_text()
+            assert all(secret not in text for secret in (first, rotated, copied))
+            page.screenshot(path=str(IMG / "nx1-audit.png"))
+
+            # Opened directly (not in the Airflow UI's frame), a header links back to Airflow.
+            page.goto(f"{server.url}/pluginsv2/nx1connect/")
+            expect(page.locator("#nx1-standalone")).to_be_visible()
+            expect(page.locator("#nx1-data-apis")).to_be_visible()
+            assert page.locator(".navbar").count() == 0
+            for name in (
+                "nx1-data-apis.png",
+                "nx1-key-created.png",
+                "nx1-keys.png",
+                "nx1-key-rotated.png",
+                "nx1-create-data-api.png",
+                "nx1-audit.png",
+            ):
                 assert (IMG / name).stat().st_size > 10_000, name
         finally:
             browser.close()

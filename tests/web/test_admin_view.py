@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from airflow_nx1_connect.core import audit, writer
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import writer
 from airflow_nx1_connect.core.errors import DataApiNotFound, KeyNotFound
-from airflow_nx1_connect.core.store import api_keys
+from airflow_nx1_connect.core.store import api_keys, key_usage
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 PASSWORD = "s3cret-pass"
@@ -225,8 +225,11 @@ def test_admin_sees_both_kinds(clients: dict[str, Any], store: dict[str, Any]) -
     assert "just now" in row or "ago" in row  # relative hint
     other = re.search(r'<tr data-name="compliance_metrics">(.*?)</tr>', html, re.S).group(1)
     assert "no snapshot yet" in other
-    # The page is part of Airflow's FAB layout.
-    assert "navbar" in html and "airflowDefaultTheme" in html
+    # Airflow's FAB styles, but not FAB's navigation bar (Airflow 3's sidebar is the
+    # navigation); opened on its own, a one-line header links back to the Airflow UI.
+    assert "airflowDefaultTheme" in html
+    assert 'class="navbar' not in html and "navbar-collapse" not in html
+    assert 'id="nx1-standalone"' in html and 'id="nx1-airflow-home"' in html
 
 
 def test_each_role_sees_only_its_kind(clients: dict[str, Any], store: dict[str, Any]) -> None:
@@ -285,6 +288,9 @@ def test_create_key_shows_it_once(clients: dict[str, Any], store: dict[str, Any]
     listing = asker.get(f"{BASE}/keys").text
     assert secret not in listing and key.prefix in listing and "BI dashboard" in listing
     assert "expires in" in listing
+    [event] = audit.list_events(store["engine"], key_id=key.id)
+    assert (event.action, event.actor, event.data_api) == ("create_key", "asker", key.data_api)
+    assert secret not in str(event.to_dict())
 
 
 @pytest.mark.parametrize(
@@ -413,6 +419,14 @@ def test_extend_revoke_delete(clients: dict[str, Any], store: dict[str, Any]) ->
         core_keys.get_key(engine, key.id)
     missing = _post(engineer, f"{BASE}/keys/{key.id}/delete", page=f"{BASE}/keys")
     assert missing.status_code == 404
+    # Every action is in the audit trail, with the logged-in user as its actor.
+    events = audit.list_events(engine, key_id=key.id)
+    assert [(e.action, e.actor) for e in events] == [
+        ("delete_key", "engineer"),
+        ("revoke_key", "engineer"),
+        ("extend_key", "engineer"),
+    ]
+    assert events[0].data_api == key.data_api and events[0].remote_addr
 
 
 def test_delete_data_api_needs_confirmation(clients: dict[str, Any], store: dict[str, Any]) -> None:
@@ -435,6 +449,9 @@ def test_delete_data_api_needs_confirmation(clients: dict[str, Any], store: dict
     assert left == 0
     assert snaps.list_snapshots(engine, "weekly_top_product") == []
     assert "Deleted data API weekly_top_product" in asker.get(f"{BASE}/").text
+    [event] = audit.list_events(engine, data_api="weekly_top_product")
+    assert (event.action, event.actor) == ("delete_data_api", "asker")
+    assert event.detail == {"keys": 1, "snapshots": 1}
 
 
 def test_ensure_roles_restores_missing_permissions(api_app: Any) -> None:
@@ -498,3 +515,200 @@ def test_unreachable_store_gives_503(
             assert "cannot be reached" in response.text and "hidden-pw" not in response.text
     finally:
         core_store.dispose_engines()
+
+
+# ---------------------------------------------------------------------------------------
+# Version 2: scopes, rate limits, usage, rotate, create data API, audit
+# ---------------------------------------------------------------------------------------
+
+
+def _row(html: str, key_id: str) -> str:
+    return re.search(rf'<tr data-key-id="{key_id}">(.*?)</tr>', html, re.S).group(1)
+
+
+def test_create_key_with_run_scope_and_rate_limit(
+    clients: dict[str, Any], store: dict[str, Any]
+) -> None:
+    asker, engine = clients["asker"], store["engine"]
+    form = asker.get(f"{BASE}/keys/new").text
+    assert 'id="may_run"' in form and 'id="rate_limit"' in form
+    response = _post(
+        asker,
+        f"{BASE}/keys/new",
+        {
+            "data_api": "weekly_top_product",
+            "days": "5",
+            "description": "refresher",
+            "may_run": "run",
+            "rate_limit": "120",
+        },
+        page=f"{BASE}/keys/new",
+    )
+    assert response.status_code == 201
+    secret = re.search(r'id="nx1-key" value="(nx1_[A-Za-z0-9_-]+)"', response.text).group(1)
+    assert re.search(r'id="nx1-created-scopes">read, run<', response.text)
+    key = core_keys.verify_key(engine, secret, "weekly_top_product")
+    assert key.scopes == ("read", "run") and key.rate_limit == 120
+    # Without the box: read only, the default rate limit.
+    plain = _post(
+        asker,
+        f"{BASE}/keys/new",
+        {"data_api": "weekly_top_product", "days": "5", "description": "reader"},
+        page=f"{BASE}/keys/new",
+    )
+    assert plain.status_code == 201
+    other = next(k for k in core_keys.list_keys(engine) if k.description == "reader")
+    assert other.scopes == ("read",) and other.rate_limit is None
+    listing = asker.get(f"{BASE}/keys").text
+    row = _row(listing, key.id)
+    assert re.search(r'class="nx1-scopes">.*>read<.*>run<', row, re.S)
+    assert re.search(r'class="nx1-rate-limit">120/min<', row)
+    row = _row(listing, other.id)
+    assert ">run<" not in row and "default" in row
+    [event] = audit.list_events(engine, key_id=key.id)
+    assert event.detail["scopes"] == ["read", "run"] and event.detail["rate_limit"] == 120
+
+
+@pytest.mark.parametrize("value", ["-1", "fast", "1.5"])
+def test_create_key_rate_limit_validation(
+    clients: dict[str, Any], store: dict[str, Any], value: str
+) -> None:
+    before = len(core_keys.list_keys(store["engine"]))
+    response = _post(
+        clients["admin"],
+        f"{BASE}/keys/new",
+        {"data_api": "weekly_top_product", "days": "5", "rate_limit": value},
+        page=f"{BASE}/keys/new",
+    )
+    assert response.status_code == 400
+    assert re.search(r'id="rate_limit-error">[^<]*per minute', response.text)
+    assert len(core_keys.list_keys(store["engine"])) == before
+
+
+def test_keys_list_shows_usage(clients: dict[str, Any], store: dict[str, Any]) -> None:
+    engine = store["engine"]
+    key_id = store["ask_key"].key.id
+    today = dt.datetime.now(dt.UTC).date()
+    with engine.begin() as conn:
+        conn.execute(
+            key_usage.insert(),
+            [
+                {"key_id": key_id, "day": today, "requests": 7},
+                {"key_id": key_id, "day": today - dt.timedelta(days=3), "requests": 5},
+                {"key_id": key_id, "day": today - dt.timedelta(days=30), "requests": 100},
+            ],
+        )
+    row = _row(clients["admin"].get(f"{BASE}/keys").text, key_id)
+    assert re.search(r'class="nx1-usage-today">7<', row)
+    assert re.search(r'class="nx1-usage-week">12<', row)
+    unused = _row(clients["admin"].get(f"{BASE}/keys").text, store["eng_key"].key.id)
+    assert re.search(r'class="nx1-usage-today">0<', unused)
+
+
+def test_rotate_key(clients: dict[str, Any], store: dict[str, Any]) -> None:
+    engineer, engine = clients["engineer"], store["engine"]
+    old = store["eng_key"]
+    listing = engineer.get(f"{BASE}/keys").text
+    assert "Confirm rotate" in _row(listing, old.key.id)
+    response = _post(
+        engineer, f"{BASE}/keys/{old.key.id}/rotate", {"overlap_hours": "2"}, page=f"{BASE}/keys"
+    )
+    assert response.status_code == 201, response.text[-2000:]
+    assert response.headers["cache-control"] == "no-store"
+    assert 'id="nx1-rotated"' in response.text and "you will not see it again" in response.text
+    secret = re.search(r'id="nx1-key" value="(nx1_[A-Za-z0-9_-]+)"', response.text).group(1)
+    new = core_keys.verify_key(engine, secret, "compliance_metrics")
+    assert new.rotated_from == old.key.id
+    # The old key still works, for the overlap only.
+    still = core_keys.verify_key(engine, old.secret, "compliance_metrics")
+    left = still.expires_at - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(hours=1, minutes=58) < left <= dt.timedelta(hours=2)
+    [event] = [e for e in audit.list_events(engine, key_id=old.key.id) if e.action == "rotate_key"]
+    assert event.actor == "engineer" and event.detail["new_key_id"] == new.id
+    assert secret not in str(event.to_dict())
+    # Bad overlap, wrong kind, no CSRF token: refused, nothing rotated.
+    bad = _post(
+        engineer, f"{BASE}/keys/{new.id}/rotate", {"overlap_hours": "soon"}, page=f"{BASE}/keys"
+    )
+    assert bad.status_code == 400 and "overlap" in bad.text
+    assert _post(clients["asker"], f"{BASE}/keys/{new.id}/rotate").status_code == 403
+    assert engineer.post(f"{BASE}/keys/{new.id}/rotate", data={}).status_code == 400
+    assert engineer.get(f"{BASE}/keys/{new.id}/rotate").status_code == 405
+    assert len(core_keys.list_keys(engine, data_api="compliance_metrics")) == 2
+
+
+def test_create_data_api_ahead_of_first_run(clients: dict[str, Any], store: dict[str, Any]) -> None:
+    asker, engine = clients["asker"], store["engine"]
+    form = asker.get(f"{BASE}/data-apis/new")
+    assert form.status_code == 200
+    # nx1_ask may create ask data APIs only.
+    assert 'value="ask"' in form.text and 'value="engineer"' not in form.text
+    fields = {
+        "name": "daily_sales",
+        "kind": "ask",
+        "dag_id": "retail_daily",
+        "task_id": "sales",
+        "description": "Sales per day",
+        "key_days": "9",
+    }
+    response = _post(asker, f"{BASE}/data-apis/new", fields, page=f"{BASE}/data-apis/new")
+    assert response.status_code == 201, response.text[-2000:]
+    assert 'id="nx1-api-created"' in response.text and "you will not see it again" in response.text
+    secret = re.search(r'id="nx1-key" value="(nx1_[A-Za-z0-9_-]+)"', response.text).group(1)
+    api = snaps.get_data_api(engine, "daily_sales")
+    assert (api.kind, api.dag_id, api.task_id, api.description) == (
+        "ask",
+        "retail_daily",
+        "sales",
+        "Sales per day",
+    )
+    key = core_keys.verify_key(engine, secret, "daily_sales")
+    assert key.expires_at - key.created_at == dt.timedelta(days=9)
+    row = re.search(r'<tr data-name="daily_sales">(.*?)</tr>', asker.get(f"{BASE}/").text, re.S)
+    assert row and "no snapshot yet" in row.group(1)
+    [event] = audit.list_events(engine, data_api="daily_sales")
+    assert (event.action, event.actor, event.key_id) == ("create_data_api", "asker", key.id)
+    # The same name again, a bad name, bad days, the other kind: errors next to the field.
+    for bad, field in (
+        ({**fields}, "name"),
+        ({**fields, "name": "Bad-Name"}, "name"),
+        ({**fields, "name": "other_api", "key_days": "0"}, "key_days"),
+        ({**fields, "name": "other_api", "dag_id": "bad dag"}, "dag_id"),
+        ({**fields, "name": "other_api", "kind": "engineer"}, "kind"),
+    ):
+        refused = _post(asker, f"{BASE}/data-apis/new", bad, page=f"{BASE}/data-apis/new")
+        assert refused.status_code == 400, bad
+        assert re.search(rf'id="{field}-error">[^<]+<', refused.text), (bad, refused.text[-1500:])
+    assert (
+        "already exists"
+        in _post(asker, f"{BASE}/data-apis/new", fields, page=f"{BASE}/data-apis/new").text
+    )
+    assert len(snaps.list_data_apis(engine)) == 3
+    # A Viewer may not; no CSRF token: refused.
+    assert clients["viewer"].get(f"{BASE}/data-apis/new").status_code == 403
+    no_csrf = asker.post(f"{BASE}/data-apis/new", data={**fields, "name": "third_api"})
+    assert no_csrf.status_code == 400
+    assert len(snaps.list_data_apis(engine)) == 3
+
+
+def test_audit_page(clients: dict[str, Any], store: dict[str, Any]) -> None:
+    admin, engine = clients["admin"], store["engine"]
+    ask_id, eng_id = store["ask_key"].key.id, store["eng_key"].key.id
+    assert _post(clients["asker"], f"{BASE}/keys/{ask_id}/revoke").status_code == 302
+    assert _post(clients["engineer"], f"{BASE}/keys/{eng_id}/revoke").status_code == 302
+    page = admin.get(f"{BASE}/audit")
+    assert page.status_code == 200
+    table = re.search(r'<table[^>]*id="nx1-audit".*?</table>', page.text, re.S).group(0)
+    rows = re.findall(r'<tr data-action="(\w+)">.*?class="nx1-actor">([^<]*)<', table, re.S)
+    assert rows == [("revoke_key", "engineer"), ("revoke_key", "asker")]  # newest first
+    assert ask_id in table and eng_id in table
+    # Each role sees the events of its kind only.
+    asker_page = clients["asker"].get(f"{BASE}/audit").text
+    assert ask_id in asker_page and eng_id not in asker_page
+    filtered = admin.get(f"{BASE}/audit?data_api=compliance_metrics").text
+    assert eng_id in filtered and ask_id not in filtered
+    assert clients["asker"].get(f"{BASE}/audit?data_api=compliance_metrics").status_code == 403
+    assert clients["viewer"].get(f"{BASE}/audit").status_code == 403
+    assert clients["anonymous"].get(f"{BASE}/audit").status_code == 302
+    assert store["ask_key"].secret not in page.text
+    assert len(audit.list_events(engine)) == 2

@@ -21,8 +21,11 @@ import sqlalchemy as sa
 
 from airflow_nx1_connect.core.clock import http_date
 from airflow_nx1_connect.core.errors import (
+    AdminAuthError,
+    AdminForbidden,
     AuthError,
     ConfigError,
+    Conflict,
     Forbidden,
     MissingScope,
     NotFound,
@@ -236,6 +239,19 @@ def problem_for(exc: BaseException) -> Response:
         )
     if isinstance(exc, MissingScope):
         return problem(403, "missing-scope", "Key lacks the scope this request needs", str(exc))
+    if isinstance(exc, AdminAuthError):
+        return problem(
+            401,
+            "missing-token",
+            "Airflow API token required",
+            f"{exc} Get a token with POST /auth/token and send it in an "
+            "'Authorization: Bearer <token>' header; data API keys are not accepted here.",
+            [("WWW-Authenticate", "Bearer")],
+        )
+    if isinstance(exc, AdminForbidden):
+        return problem(403, "forbidden", "Permission denied", str(exc))
+    if isinstance(exc, Conflict):
+        return problem(409, "conflict", "Conflict", str(exc))
     if isinstance(exc, Forbidden):
         return problem(
             403,
