@@ -133,7 +133,7 @@ class Deployment:
             return conn.execute(sql, params).fetchall()
 
 
-def _settings(
+def settings(
     home: Path, dags: Path, database: str, api_port: int, extra: dict[str, str]
 ) -> dict[str, str]:
     """The environment of every Airflow process of the deployment."""
@@ -198,7 +198,13 @@ def _flush_redis() -> None:
 
 @contextmanager
 def deployment(
-    tmp: Path, dag_files: dict[str, Path | str], extra_env: dict[str, str] | None = None
+    tmp: Path,
+    dag_files: dict[str, Path | str],
+    extra_env: dict[str, str] | None = None,
+    migrate: tuple[tuple[str, ...], ...] = (
+        ("airflow", "db", "migrate"),
+        ("nx1-connect", "db", "migrate"),
+    ),
 ) -> Iterator[Deployment]:
     """A fresh database and broker, AIRFLOW_HOME, DAGs folder and environment; all removed after.
 
@@ -229,9 +235,9 @@ def deployment(
         _flush_redis()
         port = free_port()
         dep = Deployment(
-            home, dags, database, port, _settings(home, dags, database, port, extra_env or {})
+            home, dags, database, port, settings(home, dags, database, port, extra_env or {})
         )
-        dep.run_all(("airflow", "db", "migrate"), ("nx1-connect", "db", "migrate"), timeout=300)
+        dep.run_all(*migrate, timeout=300)
         yield dep
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
@@ -375,11 +381,13 @@ def _tcp_sockets() -> list[list[str]]:
 
 def api_worker_pids(port: int) -> list[int]:
     """The worker processes of the server listening on 127.0.0.1:`port`: the processes that
-    share its listening socket and whose parent shares it too (uvicorn's supervisor)."""
+    share its listening socket and whose parent shares it too (uvicorn's supervisor), or the
+    one process holding it (a single worker runs in the server's own process)."""
     local = f"0100007F:{port:04X}"
     inodes = {f[9] for f in _tcp_sockets() if f[1] == local and f[3] == "0A"}
     holders = _holders(inodes)
-    return sorted(p for p in holders if _ppid(p) in holders)
+    workers = sorted(p for p in holders if _ppid(p) in holders)
+    return workers or sorted(holders)
 
 
 def serving_pid(server_port: int, client_port: int, pids: list[int]) -> int | None:

@@ -24,6 +24,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from tests.distributed.cluster import (
     descendants,
     scheduler_healthy,
     serving_pid,
+    settings,
     wait_for,
     worker_ready,
 )
@@ -59,6 +61,12 @@ FIRST_ROWS = 20_000  # the large DAG's first run (its `rows` param's default)
 LARGE_ROWS = 3_000_000  # the run whose worker is killed mid-write, then retried
 KILL_AFTER_ROWS = 200_000  # rows already sent by COPY when the worker is killed
 MOUNTS = ("/nx1/api/v1", "/pluginsv2/nx1/api/v1")
+# The README's "Production" commands, as this module runs them.
+MIGRATE = (("airflow", "db", "migrate"), ("nx1-connect", "db", "migrate"))
+SCHEDULER = ("airflow", "scheduler")
+DAG_PROCESSOR = ("airflow", "dag-processor")
+CELERY_WORKER = ("airflow", "celery", "worker")
+API_WORKERS = 2  # airflow api-server --workers 2
 CLIENTS = 8
 ROUNDS = 4
 
@@ -249,19 +257,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "sql": examples / "sql",
         f"{LARGE_DAG}.py": LARGE_DAG_SOURCE,
     }
-    with deployment(tmp, dag_files, connections) as dep:
+    with deployment(tmp, dag_files, connections, migrate=MIGRATE) as dep:
         procs = Processes(dep)
         try:
             # Every process starts at once; the api-server's start is waited for first.
-            procs.start("scheduler", "airflow", "scheduler")
-            procs.start("dag-processor", "airflow", "dag-processor")
-            worker = procs.start(
-                "worker-1", "airflow", "celery", "worker", "--celery-hostname", "worker-1@%h"
-            )
-            with running_api_server(dep.env, dep.home, workers=2, port=dep.api_port):
+            procs.start("scheduler", *SCHEDULER)
+            procs.start("dag-processor", *DAG_PROCESSOR)
+            worker = procs.start("worker-1", *CELERY_WORKER, "--celery-hostname", "worker-1@%h")
+            with running_api_server(dep.env, dep.home, workers=API_WORKERS, port=dep.api_port):
                 api_pids = wait_for(
-                    "the api-server's 2 worker processes",
-                    lambda: p if len(p := api_worker_pids(dep.api_port)) == 2 else None,
+                    f"the api-server's {API_WORKERS} worker processes",
+                    lambda: p if len(p := api_worker_pids(dep.api_port)) == API_WORKERS else None,
                     60,
                 )
                 wait_for(
@@ -515,9 +521,7 @@ def test_worker_killed_mid_write_keeps_serving_and_the_retry_publishes(
     # A new worker; the scheduler notices the dead task (no heartbeat) and retries it there.
     worker2 = procs.start(
         "worker-2",
-        "airflow",
-        "celery",
-        "worker",
+        *CELERY_WORKER,
         "--celery-hostname",
         "worker-2@%h",
         env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
@@ -569,3 +573,17 @@ def test_worker_killed_mid_write_keeps_serving_and_the_retry_publishes(
         client.close()
     assert status == 200
     assert json.loads(body)["data"]["data"] == [[LARGE_ROWS, f"row {LARGE_ROWS}"]]
+
+
+def test_the_readme_production_section_is_this_deployment() -> None:
+    """The README's "Production" settings and commands are the ones this module uses."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Production\n", 1)[1].split("\n## ", 1)[0]
+    exported = set(re.findall(r"^export (AIRFLOW\w*)=", section, re.MULTILINE))
+    assert len(exported) >= 10, exported
+    used = set(settings(Path("/h"), Path("/d"), "db", 8080, {"AIRFLOW_CONN_RETAIL": "x"}))
+    assert exported <= used, exported - used
+    commands = [*MIGRATE, SCHEDULER, DAG_PROCESSOR, CELERY_WORKER]
+    commands.append(("airflow", "api-server", "--workers", str(API_WORKERS)))
+    for argv in commands:
+        assert re.search(rf"^{re.escape(' '.join(argv))}\b", section, re.MULTILINE), argv
