@@ -330,11 +330,24 @@ def test_example_dag_is_run_by_the_celery_worker_and_published(published: Cluste
     run_id = published.runs[EXAMPLE_DAG]
     [(task_id, state, try_number, _pid, _host)] = _tis(dep, EXAMPLE_DAG, run_id)
     assert (task_id, state, try_number) == (EXAMPLE_API, "success", 1)
-    # Celery ran it: its result is in the PostgreSQL result backend, its log names the task.
-    results = dep.meta("SELECT status FROM celery_taskmeta")
-    assert results and {r[0] for r in results} == {"SUCCESS"}, results
-    worker_log = published.procs.procs["worker-1"].log.read_text(errors="replace")
-    assert "execute_workload" in worker_log and "succeeded" in worker_log
+    # Celery ran it: its result is in the PostgreSQL result backend, its log names the task
+    # (both written just after the task itself reported success).
+    worker_log = published.procs.procs["worker-1"].log
+    wait_for(
+        "Celery to record both tasks' success",
+        lambda: (
+            [r[0] for r in dep.meta("SELECT status FROM celery_taskmeta")] == ["SUCCESS", "SUCCESS"]
+        ),
+        30,
+    )
+    wait_for(
+        "the worker to log the task's success",
+        lambda: (
+            "execute_workload" in (text := worker_log.read_text(errors="replace"))
+            and "succeeded" in text
+        ),
+        30,
+    )
     # Its snapshot is published, and the data API serves it.
     [(snapshot_id, snap_run, rows, _table)] = _published(dep, EXAMPLE_API)
     assert snap_run == run_id and rows > 0
