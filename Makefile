@@ -5,7 +5,7 @@ PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: help uv sync postgres test lint demo bench bench-quick clean
+.PHONY: help uv sync postgres redis test lint demo bench bench-quick clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ sync: uv  ## Create .venv from the committed uv.lock
 postgres:  ## Make sure PostgreSQL at $(PG_URL) answers (start it if installed and stopped)
 	@bash scripts/ensure-postgres.sh "$(PG_URL)"
 
-test: sync postgres  ## Run the whole test suite (SQLite and PostgreSQL)
+redis:  ## Make sure Redis (the Celery broker of tests/distributed) answers; start it if stopped
+	@bash scripts/ensure-redis.sh
+
+test: sync postgres redis  ## Run the whole test suite (SQLite, PostgreSQL, a Celery cluster)
 	@bash scripts/ensure-test-deps.sh
 	@$(UV) run --locked pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc

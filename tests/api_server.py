@@ -64,12 +64,13 @@ def running_airflow_components(
 
 @contextmanager
 def running_api_server(
-    env: dict[str, str], home: Path, port: int | None = None
+    env: dict[str, str], home: Path, *, workers: int | None = None, port: int | None = None
 ) -> Iterator[tuple[str, Path]]:
     """Start `airflow api-server` with `env`; yield (its URL, its log file); stop it after.
 
-    Waits up to 180 s for /api/v2/monitor/health; fails with the log's tail if the server
-    exits or does not come up. `port`: a free one by default.
+    `workers`, when given, is passed as `--workers`; `port` defaults to a free one. Waits
+    up to 180 s for /api/v2/monitor/health; fails with the log's tail if the server exits
+    or does not come up. The server runs in its own process group, stopped as a whole.
     """
     port = port or free_port()
     log = home / "api-server.log"
@@ -84,6 +85,7 @@ def running_api_server(
                 str(port),
                 "--host",
                 "127.0.0.1",
+                *(["--workers", str(workers)] if workers else []),
             ],
             env=env,
             stdout=out,

@@ -120,7 +120,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         timeout=300,
     )
     with (
-        running_api_server(env, home, port) as (url, log),
+        running_api_server(env, home, port=port) as (url, log),
         running_airflow_components(env, home) as logs,
     ):
         yield Airflow(url, run_key, read_key, paused_key, [log, *logs.values()])
