@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from airflow_nx1_connect.core.serving.negotiation import weighted
+
 if TYPE_CHECKING:  # http imports this module
     from airflow_nx1_connect.core.serving.http import Request
 
@@ -29,19 +31,7 @@ def accepts_gzip(request: Request) -> bool:
     header = request.header("accept-encoding")
     if not header:
         return False
-    qualities: dict[str, float] = {}
-    for item in header.split(","):
-        coding, *params = (p.strip() for p in item.split(";"))
-        q = 1.0
-        for p in params:
-            k, _, v = p.partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-        if coding:
-            qualities[coding.lower()] = q
+    qualities = dict(weighted(header))
     for coding in (GZIP, "x-gzip"):
         if coding in qualities:
             return qualities[coding] > 0

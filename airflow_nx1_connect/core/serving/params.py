@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from airflow_nx1_connect.core.errors import ValidationError
 from airflow_nx1_connect.core.reads import OPS, Filter, RowsQuery, SortKey
 from airflow_nx1_connect.core.serving.http import Request
+from airflow_nx1_connect.core.serving.negotiation import weighted
 from airflow_nx1_connect.core.settings import Settings
 
 FORMATS = ("json", "csv", "ndjson", "arrow", "parquet")
@@ -54,17 +55,7 @@ def negotiate(accept: str | None) -> str:
     if not accept:
         return "json"
     best, best_q = "json", -1.0
-    for item in accept.split(","):
-        media, *params = (p.strip() for p in item.split(";"))
-        q = 1.0
-        for p in params:
-            k, _, v = p.partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-        media = media.lower()
+    for media, q in weighted(accept):
         fmt = {
             "text/csv": "csv",
             "application/csv": "csv",
