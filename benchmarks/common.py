@@ -73,3 +73,12 @@ def rss_kb(field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """Print a module's rows as lines (its `main` when run on its own)."""
+    for r in rows:
+        print(
+            f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
+            f"ratio {r['ratio']} (target {r['target']}) {'OK' if r['met'] else 'MISSED'}"
+        )

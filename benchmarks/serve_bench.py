@@ -62,6 +62,7 @@ from typing import Any
 import httpx
 
 from airflow_nx1_connect.core import store, writer
+from benchmarks.common import print_rows
 
 NAME = "bench"
 SIZES = {
@@ -660,11 +661,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the rows as a small table."""
     args = sys.argv[1:] if argv is None else argv
-    for r in run(quick="--quick" in args):
-        print(
-            f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
-            f"ratio {r['ratio']} (target {r['target']}) {'OK' if r['met'] else 'MISSED'}"
-        )
+    print_rows(run(quick="--quick" in args))
     return 0
 
 

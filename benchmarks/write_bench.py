@@ -43,6 +43,7 @@ from benchmarks.common import (
     SOURCE_TABLE,
     make_source,
     pg_schema,
+    print_rows,
     rss_kb,
     source_batches,
     timed,
@@ -476,12 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "--rss-child":
         print(json.dumps(_rss_child(json.loads(args[1]))))
         return 0
-    results = run(quick="--quick" in args)
-    for r in results:
-        print(
-            f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
-            f"ratio {r['ratio']} (target {r['target']}) {'OK' if r['met'] else 'MISSED'}"
-        )
+    print_rows(run(quick="--quick" in args))
     return 0
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from airflow_nx1_connect.core.clock import iso, utcnow
+from airflow_nx1_connect.core.clock import as_utc, iso, utcnow
 from airflow_nx1_connect.core.errors import (
     AuthError,
     DataApiNotFound,
@@ -51,6 +51,7 @@ from airflow_nx1_connect.core.store import (
     api_keys,
     data_apis,
     describe_store_error,
+    placeholder,
 )
 
 log = logging.getLogger(__name__)
@@ -391,14 +392,12 @@ def _utc(value: Any) -> dt.datetime | None:
     """A stored time as the driver returns it (SQLite: text) as an aware UTC datetime."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return as_utc(dt.datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def _lookup(engine: Engine, digest: str) -> ApiKey | None:
     """The record of the key whose hash is `digest`, or None; StoreUnavailable on failure."""
-    sql = _LOOKUP_SQL.format("?" if engine.dialect.paramstyle == "qmark" else "%s")
+    sql = _LOOKUP_SQL.format(placeholder(engine.dialect))
     try:
         raw = engine.raw_connection()
         try:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from airflow_nx1_connect.core import types
 from airflow_nx1_connect.core.errors import SnapshotNotFound, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN
+from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, placeholder
 from airflow_nx1_connect.core.types import Column
 
 #: Filter operators of `where.<column>=<op>.<value>`.
@@ -403,8 +403,7 @@ def _keyset_sql(conn: Connection, table: str, names: tuple[str, ...]) -> str:
     paramstyle: identifiers quoted by the dialect, values bound (start, limit)."""
     dialect = conn.dialect
     _PREPARERS.setdefault(dialect.name, dialect.identifier_preparer)
-    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
-    return _keyset_sql_text(dialect.name, placeholder, table, names)
+    return _keyset_sql_text(dialect.name, placeholder(dialect), table, names)
 
 
 def iter_raw_rows(

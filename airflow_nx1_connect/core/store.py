@@ -409,6 +409,11 @@ def quote(bind: Engine | sa.Connection, name: str) -> str:
     return bind.dialect.identifier_preparer.quote_identifier(name)
 
 
+def placeholder(dialect: sa.Dialect) -> str:
+    """The bound-value marker of the dialect's driver, for plain SQL on its own cursor."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
 def drop_table(conn: sa.Connection, table: str) -> None:
     """Drop a snapshot table if it exists."""
     conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote(conn, table)}"))
