@@ -367,7 +367,7 @@ def read_raw_rows(
     much faster than decoding to Python types first. Stored forms: see `core.types`.
     """
     with use_bind(bind) as conn:
-        sql = _keyset_sql(conn, snapshot.table_name, tuple(c.name for c in columns))
+        sql = keyset_sql(conn.dialect, snapshot.table_name, tuple(c.name for c in columns))
         try:
             # The hot path of every page: the driver's own cursor and fetchall, no per-row
             # Row objects (several times faster than iterating a SQLAlchemy result).
@@ -382,28 +382,40 @@ def read_raw_rows(
 
 
 @functools.lru_cache(maxsize=512)
-def _keyset_sql_text(dialect: str, placeholder: str, table: str, names: tuple[str, ...]) -> str:
+def keyset_sql_text(
+    dialect: str, placeholders: tuple[str, str], table: str, names: tuple[str, ...]
+) -> str:
+    """`SELECT names FROM table WHERE row > ? ORDER BY row LIMIT ?` for `dialect`, with
+    identifiers quoted by its preparer and `placeholders` (after, limit) as the driver
+    writes bound values (`?`, `%s`, `$1`...)."""
     preparer = _PREPARERS[dialect]
     row = preparer.quote_identifier(ROW_COLUMN)
     select = ", ".join(preparer.quote_identifier(n) for n in names)
     sql = (
         f"SELECT {select} FROM {preparer.quote_identifier(table)} "
-        f"WHERE {row} > {{p}} ORDER BY {row} LIMIT {{p}}"
+        f"WHERE {row} > {{after}} ORDER BY {row} LIMIT {{limit}}"
     )
-    if placeholder == "%s":  # format paramstyle: a % in a quoted identifier must be doubled
+    if "%s" in placeholders:  # format paramstyle: a % in a quoted identifier must be doubled
         sql = sql.replace("%", "%%")
-    return sql.replace("{p}", placeholder)
+    return sql.replace("{after}", placeholders[0]).replace("{limit}", placeholders[1])
 
 
 _PREPARERS: dict[str, Any] = {}
 
 
-def _keyset_sql(conn: Connection, table: str, names: tuple[str, ...]) -> str:
-    """`SELECT cols FROM table WHERE row > ? ORDER BY row LIMIT ?` in the driver's own
-    paramstyle: identifiers quoted by the dialect, values bound (start, limit)."""
-    dialect = conn.dialect
+def keyset_sql(
+    dialect: sa.Dialect,
+    table: str,
+    names: tuple[str, ...],
+    placeholders: tuple[str, str] | None = None,
+) -> str:
+    """The keyset read of `table` in `dialect` (see `keyset_sql_text`); `placeholders`
+    default to the dialect's driver's own paramstyle."""
     _PREPARERS.setdefault(dialect.name, dialect.identifier_preparer)
-    return _keyset_sql_text(dialect.name, placeholder(dialect), table, names)
+    if placeholders is None:
+        mark = placeholder(dialect)
+        placeholders = (mark, mark)
+    return keyset_sql_text(dialect.name, placeholders, table, names)
 
 
 def iter_raw_rows(

@@ -42,7 +42,7 @@ from airflow_nx1_connect.core.clock import iso
 
 Convert = Callable[[Any], Any]
 
-#: The Arrow types the table names (built by `core.serving.columnar`).
+#: The Arrow types the table names (built by `core.arrow`).
 ARROW_TYPES = ("int64", "float64", "utf8", "bool", "date32", "timestamp[us, UTC]")
 
 FAMILIES = ("TEXT", "INTEGER", "REAL", "NUMERIC", "BOOLEAN", "DATE", "TIMESTAMP", "JSON")

@@ -19,6 +19,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_nx1_connect.core.arrow import arrow_schema, from_rows
 from airflow_nx1_connect.core.serving.columnar import columnar_stream
 from airflow_nx1_connect.core.types import Column
 from tests.web.conftest import BIG_ROWS, COLUMNS, Adapter, Answer, ApiStore, big_rows
@@ -164,7 +165,7 @@ def test_columnar_streams_one_batch_at_a_time() -> None:
     for fmt in ("arrow", "parquet"):
         read.clear()
         chunks = []
-        stream = columnar_stream(fmt, columns, batches())
+        stream = columnar_stream(fmt, arrow_schema(columns), from_rows(columns, batches()))
         for chunk in stream:
             chunks.append(chunk)
             # never more than one batch read ahead of what was sent
@@ -187,7 +188,7 @@ def test_columnar_streams_one_batch_at_a_time() -> None:
 def test_empty_result_is_a_valid_empty_stream() -> None:
     columns = [Column("id", "INTEGER"), Column("n", "NUMERIC")]
     for fmt in ("arrow", "parquet"):
-        body = b"".join(columnar_stream(fmt, columns, [[]]))
+        body = b"".join(columnar_stream(fmt, arrow_schema(columns), from_rows(columns, [[]])))
         table = (
             pyarrow.ipc.open_stream(body).read_all()
             if fmt == "arrow"

@@ -9,7 +9,8 @@ conditional requests), `auth` (the key), `params` (query parameters), `encoders`
 CSV, NDJSON from stored values), `columnar` (Arrow IPC and Parquet), `compression`
 (gzip), `cors` (CORS preflight and headers), `changes` (the change feed, computed by
 `core.changes`), `runs` (runs on demand, through `core.runs`); rows are read by
-`core.reads`. This module routes.
+`core.reads`, and whole unfiltered snapshots as Arrow / Parquet by `core.arrow` (straight
+into Arrow through the store's ADBC driver). This module routes.
 
 Order of checks on every data API route (so an unauthenticated caller learns nothing):
 
@@ -38,13 +39,12 @@ snapshots.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import chain
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import ratelimit, reads, usage
+from airflow_nx1_connect.core import arrow, ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
@@ -52,7 +52,7 @@ from airflow_nx1_connect.core.reads import OPS
 from airflow_nx1_connect.core.runs import RunLauncher
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
 from airflow_nx1_connect.core.serving.changes import changes_response
-from airflow_nx1_connect.core.serving.columnar import columnar_stream
+from airflow_nx1_connect.core.serving.columnar import columnar_stream, started
 from airflow_nx1_connect.core.serving.cors import add_cors_headers, is_preflight, preflight
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
@@ -301,13 +301,23 @@ def _rows_response(
         # 404 (not a cut stream), then stream the rest batch by batch.
         def body() -> bytes | Iterator[bytes]:
             start = params.start
+            if params.format in ("arrow", "parquet"):
+                # Unfiltered: read straight into Arrow by the store's driver (fast path).
+                record_batches = (
+                    arrow.from_rows(
+                        columns,
+                        reads.iter_query_rows(engine, snapshot, columns, query, start=start),
+                    )
+                    if query
+                    else arrow.iter_record_batches(engine, snapshot, columns, start=start)
+                )
+                schema = arrow.arrow_schema(columns)
+                return started(columnar_stream(params.format, schema, record_batches))
             if query:
                 batches = reads.iter_query_rows(engine, snapshot, columns, query, start=start)
             else:
                 batches = reads.iter_raw_rows(engine, snapshot, columns, start=start)
             first = next(batches, None)
-            if params.format in ("arrow", "parquet"):
-                return columnar_stream(params.format, columns, chain([first or []], batches))
             return stream(params.format, names, first, batches, csv_rows, json_values)
 
     else:
@@ -322,7 +332,9 @@ def _rows_response(
             if params.format == "ndjson":
                 return ndjson_rows(names, json_values(rows))
             if params.format in ("arrow", "parquet"):
-                return b"".join(columnar_stream(params.format, columns, [rows]))
+                schema = arrow.arrow_schema(columns)
+                batches = arrow.from_rows(columns, [rows])
+                return b"".join(columnar_stream(params.format, schema, batches))
             return dumps(
                 {
                     "data_api": name,
