@@ -80,5 +80,6 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         print(
             f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
-            f"ratio {r['ratio']} (target {r['target']}) {'OK' if r['met'] else 'MISSED'}"
+            f"ratio {r['ratio']} (target {r['target']}) "
+            f"{ {True: 'OK', False: 'MISSED'}.get(r.get('met'), '') }"
         )

@@ -1,0 +1,227 @@
+"""Mount memory benchmark: M1, a slow reader of a whole 1M-row CSV through each mount.
+
+    uv run python -m benchmarks.mount_bench [--quick]
+
+The 1M-row snapshot of `serve_bench` (SQLite store) is served by a real
+`airflow api-server --workers 1` with the plugin installed, in a fresh AIRFLOW_HOME.
+One client downloads `.../latest?format=csv` whole (about 48 MB) while reading no faster
+than RATE bytes/s (so the server must hold back or buffer what the client has not taken),
+and the server's RSS (every process of the api-server's session, summed) is sampled every second.
+The figure is the growth: the highest sample during the download minus the sample just
+before it (after one warm-up request on the same mount).
+
+- M1 `/nx1/api/v1/...`: the plugin's FastAPI app (sent batch by batch, with backpressure).
+- M1 `/pluginsv2/nx1/api/v1/...`: the blueprint's mount, as shipped: the plugin's root
+  middleware (`web.streams`) answers whole-snapshot streams there with the FastAPI adapter.
+- M1 `/pluginsv2` without that middleware (the "before"): a second api-server in which a
+  `sitecustomize` of this benchmark turns the middleware's test off, so the blueprint
+  answers through Airflow's mount of Flask (Starlette's `WSGIMiddleware`, which queues a
+  WSGI body without bound). Reported beside the target, not held to it.
+
+Target: growth < 50 MB on both shipped mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import print_rows
+from benchmarks.serve_bench import NAME, build
+
+LIMIT_MB = 50
+#: Client read rate in bytes/s (quick, full).
+RATE = {True: 2_000_000, False: 1_000_000}
+_NO_DIVERT = (
+    "import airflow_nx1_connect.web.streams as streams\n"
+    "streams.streams_whole_snapshot = lambda *args, **kwargs: False\n"
+)
+
+
+def say(message: str) -> None:
+    print(f"[mount_bench] {message}", file=sys.stderr, flush=True)
+
+
+def _stat(pid: str) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (field 3 first)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def server_session(port: int) -> int:
+    """The session id of the process listening on 127.0.0.1:`port` (the api-server runs in
+    a session of its own: every process of it shares that id)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(_stat(proc.name)[3])
+        except OSError:
+            continue
+    raise RuntimeError(f"no process listens on port {port}")
+
+
+def tree_rss_kb(session: int) -> int:
+    """Summed VmRSS (kB) of every process of a session (the api-server's processes; their
+    environment and command line are no help: the server rewrites its process title)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int(_stat(proc.name)[3]) != session:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return total
+
+
+def slow_read(url: str, key: str, rate: int, session: int) -> dict[str, Any]:
+    """Download `url` whole at no more than `rate` bytes/s; RSS sampled every second."""
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(tree_rss_kb(session))
+            done.wait(1.0)
+
+    before = tree_rss_kb(session)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    size = 0
+    t0 = time.perf_counter()
+    try:
+        headers = {"X-API-Key": key, "Accept-Encoding": "identity"}
+        with httpx.stream("GET", url, headers=headers, timeout=600) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code} for {url}")
+            for chunk in response.iter_raw(64 * 1024):
+                size += len(chunk)
+                ahead = size / rate - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+    finally:
+        done.set()
+        sampler.join()
+    elapsed = time.perf_counter() - t0
+    peak = max([before, *samples])
+    return {
+        "bytes": size,
+        "seconds": elapsed,
+        "before_kb": before,
+        "peak_kb": peak,
+        "growth_mb": (peak - before) / 1024,
+        "samples": len(samples),
+    }
+
+
+@contextmanager
+def api_server(home: Path, store_url: str, divert: bool) -> Iterator[tuple[str, int]]:
+    """A real api-server on the store; yields (its URL, the session id of its processes)."""
+    from tests.api_server import running_api_server
+
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": store_url,
+    }
+    if not divert:
+        site = home / "no-divert"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(_NO_DIVERT)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    with running_api_server(env, home, workers=1) as (url, _log):
+        yield url, server_session(int(url.rsplit(":", 1)[1]))
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Run M1 on both mounts, and on /pluginsv2 without the plugin's stream middleware."""
+    rate = RATE[bool(quick)]
+    with tempfile.TemporaryDirectory(prefix="nx1-mount-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        say("writing the 1,000,000-row snapshot")
+        store_url, key, _ = build(tmp, 1_000_000)
+        home = tmp / "airflow"
+        home.mkdir()
+        say("airflow db migrate")
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env={**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        results: dict[str, dict[str, Any]] = {}
+        for divert in (True, False):
+            say(f"api-server ({'as shipped' if divert else 'without the stream middleware'})")
+            with api_server(home, store_url, divert) as (url, session):
+                mounts = ("/nx1", "/pluginsv2/nx1") if divert else ("/pluginsv2/nx1",)
+                for mount in mounts:
+                    path = f"{url}{mount}/api/v1/data-apis/{NAME}/latest"
+                    warm = httpx.get(
+                        f"{path}?format=csv&limit=10", headers={"X-API-Key": key}, timeout=60
+                    )
+                    warm.raise_for_status()
+                    label = mount if divert else f"{mount} (no middleware)"
+                    say(f"slow reader on {label} at {rate / 1e6:.0f} MB/s")
+                    results[label] = r = slow_read(f"{path}?format=csv", key, rate, session)
+                    say(
+                        f"{label}: {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s, RSS "
+                        f"{r['before_kb'] / 1024:.0f} -> peak {r['peak_kb'] / 1024:.0f} MB "
+                        f"(+{r['growth_mb']:.1f} MB, {r['samples']} samples)"
+                    )
+    before = results["/pluginsv2/nx1 (no middleware)"]["growth_mb"]
+    rows = []
+    for label, r in results.items():
+        shipped = "no middleware" not in label
+        rows.append(
+            {
+                "id": "M1",
+                "figure": (
+                    f"api-server RSS growth (MB) while one client reads the whole 1M-row CSV "
+                    f"({r['bytes'] / 1e6:.0f} MB) of `{label}/api/v1/.../latest` at "
+                    f"{rate / 1e6:.0f} MB/s ({r['seconds']:.0f} s, RSS sampled every second)"
+                    + ("" if shipped else "; the 'before': Starlette's WSGI mount of Flask")
+                    + (f"; without the middleware: +{before:.0f} MB" if shipped else "")
+                ),
+                "ours": round(r["growth_mb"], 1),
+                "peer": LIMIT_MB if shipped else "reported",
+                "ratio": round(r["growth_mb"] / LIMIT_MB, 2),
+                "target": f"< {LIMIT_MB} MB" if shipped else "reported",
+                "met": r["growth_mb"] < LIMIT_MB if shipped else None,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the rows."""
+    args = sys.argv[1:] if argv is None else argv
+    print_rows(run(quick="--quick" in args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
