@@ -139,13 +139,13 @@ def iter_record_batches(
     `SnapshotNotFound` (from the first batch on).
     """
     schema = arrow_schema(columns)
-    reader = _DriverReader.open(engine)
     sql = reads.keyset_sql(
         engine.dialect,
         snapshot.table_name,
         tuple(c.name for c in columns),
         _PLACEHOLDERS.get(engine.dialect.name, ("?", "?")),
     )
+    reader = _DriverReader.open(engine)
     try:
         position, stop = start, snapshot.row_count
         while stop is None or position < stop:

@@ -100,7 +100,9 @@ FILTER_CASES: list[tuple[list[tuple[str, str]], Callable[[tuple[Any, ...]], bool
 ]
 
 
-@pytest.mark.parametrize(("params", "pred"), FILTER_CASES, ids=lambda v: str(v)[:60])
+@pytest.mark.parametrize(
+    ("params", "pred"), FILTER_CASES, ids=lambda v: None if callable(v) else str(v)[:60]
+)
 def test_filters(
     params: list[tuple[str, str]],
     pred: Callable[[tuple[Any, ...]], bool],
