@@ -3,7 +3,7 @@
 1. A run SIGKILLed mid-write leaves the previous snapshot served byte for byte, the half
    snapshot invisible, and the next run removes it.
 3. Two runs of the same data API at once both finish; latest is one of them; retention
-   holds; no orphan tables.
+   holds; no orphan tables. Retention passes run at once retire each snapshot once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,3 +144,44 @@ def test_concurrent_runs_of_one_data_api_stay_consistent(engine, store_url):
     for s in published:
         rows = [r for b in reads.iter_rows(engine, s, snaps.resolve_columns(s, None)) for r in b]
         assert len(rows) == s.row_count
+
+
+def test_concurrent_retention_passes_retire_each_snapshot_once(engine):
+    """Retention run by several runs' ends at once: each dropped snapshot is retired once.
+
+    Without a lock per data API, two passes read the same published list and both try to
+    record the same retired id (a unique violation on PostgreSQL, a busy snapshot on SQLite).
+    """
+    snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
+    made = [
+        writer.write_snapshot(
+            engine, data_api="ledger", columns=COLUMNS, batches=[[(n, "x")]], retention=100
+        )
+        for n in range(12)
+    ]
+    for rnd, keep in enumerate((9, 6, 3, 1)):
+        before = len(snaps.list_snapshots(engine, "ledger"))
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+        dropped: list[int] = []
+
+        def retain(keep: int = keep, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                dropped.append(writer.apply_retention(engine, "ledger", keep))
+            except BaseException as exc:  # collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=retain) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [], f"round {rnd}: {errors[0]!r}"
+        assert sum(dropped) == before - keep  # each dropped by exactly one pass
+        kept = snaps.list_snapshots(engine, "ledger")
+        assert [s.id for s in kept] == [s.id for s in reversed(made)][:keep]
+    with engine.connect() as conn:
+        retired = conn.execute(sa.select(store.retired_snapshots.c.id)).scalars().all()
+    assert sorted(retired) == sorted(s.id for s in made[:-1])
+    assert _snap_tables(engine) == {made[-1].table_name}
