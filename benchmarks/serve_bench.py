@@ -28,7 +28,8 @@ Airflow's api-server runs it), and `datasette serve`.
   Target: >= 1.5x Datasette's req/s.
 - R5: the whole snapshot as Arrow IPC (`format=arrow`), rows/s, against our own CSV stream
   of the same run (its best of two). Target: >= 2x. Parquet (`format=parquet`) rows/s
-  reported beside it.
+  reported beside it. Then the same three streams again from a PostgreSQL store (a fresh
+  schema at `NX1_TEST_PG`, the same rows written by the same writer, our app alone).
 - R6: the whole snapshot as CSV with `Accept-Encoding: gzip`, uncompressed MB/s delivered
   (the client decompresses), against the plain CSV stream. Target: >= 0.5x.
 - R7: the per-key rate-limit check added to every request of a limited key
@@ -62,7 +63,7 @@ from typing import Any
 import httpx
 
 from airflow_nx1_connect.core import store, writer
-from benchmarks.common import print_rows
+from benchmarks.common import pg_schema, print_rows
 
 NAME = "bench"
 SIZES = {
@@ -104,12 +105,11 @@ def _batches(rows: int) -> Iterator[list[tuple[Any, ...]]]:
         yield batch
 
 
-def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
-    """(store URL, key, Datasette db path) with one `rows`-row snapshot of data API `bench`."""
+def build_store(url: str, rows: int) -> tuple[str, Any]:
+    """(key, snapshot): one `rows`-row snapshot of data API `bench` in the store at `url`."""
     from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
 
-    url = f"sqlite:///{tmp / 'store.db'}"
     engine = store.get_engine(url)
     store.migrate(engine)
     snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="bench")
@@ -123,7 +123,13 @@ def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
     snap = writer.write_snapshot(
         engine, data_api=NAME, columns=columns, batches=_batches(rows), index_columns=["name"]
     )
-    key = keys.create_key(engine, data_api=NAME, days=1).secret
+    return keys.create_key(engine, data_api=NAME, days=1).secret, snap
+
+
+def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
+    """(store URL, key, Datasette db path) with one `rows`-row snapshot of data API `bench`."""
+    url = f"sqlite:///{tmp / 'store.db'}"
+    key, snap = build_store(url, rows)
     peer = tmp / "peer.db"
     with closing(sqlite3.connect(peer)) as conn, conn:
         conn.execute(f"ATTACH DATABASE '{tmp / 'store.db'}' AS s")
@@ -386,13 +392,36 @@ def rate_limit_checks(calls: int) -> tuple[float, float | str]:
     return memory_ms, redis_ms
 
 
+def r5_postgresql(rows: int, base: str, env: dict[str, str]) -> dict[str, Any]:
+    """R5 on a PostgreSQL store: the same snapshot as CSV, Arrow and Parquet (best of two)."""
+    say(f"R5 on a PostgreSQL store: writing the same {rows:,} rows")
+    out: dict[str, Any] = {}
+    with pg_schema() as (_schema, url):
+        key, _snap = build_store(url, rows)
+        store.dispose_engines()
+        port = _free_port()
+        argv = [
+            sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+        pg_env = {**env, "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url}
+        auth = {"X-API-Key": key, "Accept-Encoding": "identity"}
+        with serve(argv, port, base, pg_env) as pid:
+            for fmt in ("csv", "arrow", "parquet"):
+                out[f"pg_{fmt}"] = min(
+                    (stream(port, f"{base}/latest?format={fmt}", auth, pid) for _ in range(2)),
+                    key=lambda r: r[0],
+                )
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Run
 # ---------------------------------------------------------------------------------------
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Run R1, R2, R3, R5, R6, R7; rows with id, figure, ours, peer, ratio, target (and met)."""
+    """Run R1-R7 (R5 on both stores); rows with id, figure, ours, peer, ratio, target, met."""
     size = SIZES[bool(quick)]
     n = size["rows"]
     rows: list[dict[str, Any]] = []
@@ -471,6 +500,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             results["peer_r2"] = min(peer_streams, key=lambda r: r[0])
             results["peer_rss"] = [r[2] for r in peer_streams]
         verify_ms, handle_ms = key_check(url, key, size["verify"])
+        results.update(r5_postgresql(n, base, env))
     limit_ms, redis_ms = rate_limit_checks(size["verify"])
 
     (o_rps, o_p99), (p_rps, p_p99) = results["ours_r1"], results["peer_r1"]
@@ -578,6 +608,31 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "met": True,
         }
     )
+    pg_csv_rps, pg_arrow_rps, pg_parquet_rps = (
+        n / results[f"pg_{fmt}"][0] for fmt in ("csv", "arrow", "parquet")
+    )
+    say(
+        f"R5 PostgreSQL store: arrow {pg_arrow_rps:,.0f} rows/s, parquet "
+        f"{pg_parquet_rps:,.0f} rows/s, CSV {pg_csv_rps:,.0f} rows/s"
+    )
+    for fmt, rps, target in (
+        ("Arrow IPC", pg_arrow_rps, ">= 2x"),
+        ("Parquet", pg_parquet_rps, "report"),
+    ):
+        rows.append(
+            {
+                "id": "R5",
+                "figure": (
+                    f"PostgreSQL store: whole snapshot as {fmt}, {n:,} rows (rows/s) vs our CSV "
+                    f"stream of it"
+                ),
+                "ours": round(rps),
+                "peer": round(pg_csv_rps),
+                "ratio": round(rps / pg_csv_rps, 2),
+                "target": target,
+                "met": rps / pg_csv_rps >= 2 if target != "report" else True,
+            }
+        )
     g_s, g_b, _ = results["ours_gzip"]
     g_mbs = g_b / g_s / 1e6
     say(f"R6 gzip CSV {g_b / 1e6:.1f} MB uncompressed in {g_s:.2f}s; plain {o_mbs:.1f} MB/s")
