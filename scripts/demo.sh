@@ -65,7 +65,13 @@ stop_pid() {  # stop the process group led by $1: TERM, then KILL after 30 s
   alive "$pid" || return 0
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   for i in $(seq 1 60); do
-    alive "$pid" || return 0
+    alive "$pid" || break
+    sleep 0.5
+  done
+  # Whatever is left of the group (the leader after 30 s, or a child it left behind,
+  # such as an idle LocalExecutor worker, which ignores TERM) gets 5 s, then KILL.
+  for i in $(seq 1 10); do
+    kill -0 -- "-$pid" 2>/dev/null || return 0
     sleep 0.5
   done
   kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
