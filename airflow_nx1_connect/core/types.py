@@ -18,7 +18,8 @@ JSON as text (so a timestamp keeps the offset the source gave it). The `json` an
 converters accept a stored value of either dialect, so readers never branch on the store.
 
 Every converter is only called for non-NULL values; NULL is JSON null and an empty CSV
-field. NUMERIC is exact text in JSON (a JSON number would lose digits), BOOLEAN is
+field. NUMERIC is exact text in plain notation in JSON (a JSON number would lose digits;
+`decimal_text`: `0.0000001`, as PostgreSQL writes it, in every format), BOOLEAN is
 true/false in both, DATE/TIMESTAMP are ISO 8601 (aware times in UTC with `Z`). REAL NaN
 and infinity have no JSON number: they are null in JSON and `nan`/`inf` in CSV.
 
@@ -36,6 +37,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from airflow_nx1_connect.core.clock import iso
@@ -76,10 +78,24 @@ class ColumnType:
 # ---------------------------------------------------------------------------------------
 
 
+def decimal_text(value: Any) -> str:
+    """A NUMERIC value as exact text in plain notation (`0.0000001`, not `1E-7`).
+
+    PostgreSQL writes numeric this way, so its own text (which the Arrow reader gets) and a
+    Decimal read by psycopg give the same characters; other values as their text.
+    """
+    if isinstance(value, str):
+        return value
+    text = str(value)
+    if "E" in text and isinstance(value, decimal.Decimal):  # str() uses an exponent
+        return format(value, "f")
+    return text
+
+
 def json_default(value: Any) -> Any:
     """`json.dumps` `default=` for every value that JSON has no type for."""
     if isinstance(value, decimal.Decimal):
-        return str(value)
+        return decimal_text(value)
     if isinstance(value, dt.datetime):
         return iso(value) if value.tzinfo is not None else value.isoformat()
     if isinstance(value, dt.date | dt.time):
@@ -193,12 +209,12 @@ TYPES: dict[str, ColumnType] = {
         ColumnType(
             "NUMERIC",
             {"sqlite": "TEXT", "postgresql": "numeric"},
-            {"sqlite": str, "postgresql": None},
+            {"sqlite": decimal_text, "postgresql": None},
             _decimal,
-            str,
-            None,
+            decimal_text,
+            decimal_text,
             "utf8",
-            str,
+            decimal_text,
         ),
         ColumnType(
             "BOOLEAN",
@@ -240,6 +256,8 @@ TYPES: dict[str, ColumnType] = {
     )
 }
 assert tuple(TYPES) == FAMILIES
+_KEEPS_TEXT = frozenset({decimal_text, _iso_text})
+_TEXT_OR_NULL = frozenset({str, type(None)})
 assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 
 
@@ -261,6 +279,28 @@ def converters(
         fn = entry.store[dialect or ""] if what == "store" else getattr(entry, what)
         if fn is not None:
             out.append((i, fn))
+    return out
+
+
+def needed(
+    rows: Sequence[Sequence[Any]], todo: Sequence[tuple[int, Convert]]
+) -> list[tuple[int, Convert]]:
+    """`todo` without the converters that would change nothing in this batch.
+
+    A converter that leaves text as it is (`decimal_text`, `_iso_text`) is dropped for a
+    column holding only text and NULLs, as SQLite stores NUMERIC and DATE, and
+    `decimal_text` also where no value's `str()` has an exponent (then `str()`, which the
+    csv module applies, gives the same text). The checks run at C level (`map`), so a batch
+    that needs nothing costs no Python loop per row.
+    """
+    out = []
+    for i, fn in todo:
+        values = list(map(itemgetter(i), rows))
+        if fn in _KEEPS_TEXT and set(map(type, values)) <= _TEXT_OR_NULL:
+            continue
+        if fn is decimal_text and "E" not in "".join(map(str, values)):
+            continue  # None is "None": no capital E either
+        out.append((i, fn))
     return out
 
 

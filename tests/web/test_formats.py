@@ -6,6 +6,8 @@ polars) and compared with the rows the source gave the writer (`big_rows`).
 
 from __future__ import annotations
 
+import csv
+import decimal
 import gzip
 import io
 import json
@@ -19,6 +21,8 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_nx1_connect.core import keys, writer
+from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.arrow import arrow_schema, from_rows
 from airflow_nx1_connect.core.serving.columnar import columnar_stream
 from airflow_nx1_connect.core.types import Column
@@ -183,6 +187,54 @@ def test_columnar_streams_one_batch_at_a_time() -> None:
         )
         assert table.column("id").to_pylist() == list(range(15))
         assert table.column("flag").to_pylist() == [False, True, False] * 5
+
+
+#: NUMERIC values whose `str()` has an exponent, and what every format must send for them:
+#: exact text in plain notation, the way PostgreSQL writes numeric.
+EXACT = [
+    (decimal.Decimal("1E-7"), "0.0000001"),
+    (decimal.Decimal("-1.2300E-7"), "-0.00000012300"),
+    (decimal.Decimal("1E+3"), "1000"),
+    (decimal.Decimal("0E-7"), "0.0000000"),
+    (decimal.Decimal("1.50"), "1.50"),
+    (None, None),
+    (
+        decimal.Decimal("123456789012345678901234567890.000000000001"),
+        "123456789012345678901234567890.000000000001",
+    ),
+]
+
+
+def test_numeric_is_the_same_plain_text_in_every_format(
+    adapters: list[Adapter], api_store: ApiStore
+) -> None:
+    """JSON, CSV, NDJSON, an Arrow page and the whole Arrow / Parquet stream (which the
+    store's driver reads as the store's own text) give one text per NUMERIC value."""
+    name = "exact_numbers"
+    snaps.register_data_api(api_store.engine, name=name, kind="ask", dag_id="d", task_id=name)
+    writer.write_snapshot(
+        api_store.engine,
+        data_api=name,
+        columns=[Column("id", "INTEGER"), Column("n", "NUMERIC")],
+        batches=[[(i, value) for i, (value, _) in enumerate(EXACT)]],
+    )
+    headers = {"X-API-Key": keys.create_key(api_store.engine, data_api=name, days=1).secret}
+    want = [text for _, text in EXACT]
+    path = f"data-apis/{name}/latest"
+
+    page = same(adapters, f"{path}?limit=100", headers)[0].json()
+    assert [row[1] for row in page["data"]["data"]] == want
+    lines = same(adapters, f"{path}?format=ndjson", headers)[0].body.splitlines()
+    assert [json.loads(line)["n"] for line in lines] == want
+    table = list(
+        csv.reader(io.StringIO(same(adapters, f"{path}?format=csv", headers)[0].body.decode()))
+    )
+    assert [row[1] for row in table[1:]] == [text or "" for text in want]
+    for query in ("format=arrow&limit=100", "format=arrow"):
+        body = same(adapters, f"{path}?{query}", headers)[0].body
+        assert pyarrow.ipc.open_stream(body).read_all().column("n").to_pylist() == want, query
+    body = same(adapters, f"{path}?format=parquet", headers)[0].body
+    assert pq.read_table(io.BytesIO(body)).column("n").to_pylist() == want
 
 
 def test_empty_result_is_a_valid_empty_stream() -> None:

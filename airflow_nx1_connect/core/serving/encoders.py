@@ -41,15 +41,16 @@ def csv_encoder(columns: Sequence[Column]) -> Callable[[Iterable[Sequence[Any]]]
     def encode(rows: Iterable[Sequence[Any]]) -> bytes:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\r\n")
-        if not converters:
+        if not isinstance(rows, Sequence):
+            rows = list(rows)
+        todo = types.needed(rows, converters) if converters else converters
+        if not todo:
             writer.writerows(rows)
-        else:
-            for row in rows:
-                values = list(row)
-                for i, convert in converters:
-                    if values[i] is not None:
-                        values[i] = convert(values[i])
-                writer.writerow(values)
+        elif rows:  # a column at a time: no Python loop per row
+            columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+            for i, convert in todo:
+                columns[i] = [None if v is None else convert(v) for v in columns[i]]
+            writer.writerows(zip(*columns, strict=True))
         return buffer.getvalue().encode()
 
     return encode
