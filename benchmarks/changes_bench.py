@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_nx1_connect.core import store, writer
-from benchmarks.common import pg_schema, print_rows
+from benchmarks.common import cli, pg_schema
 from benchmarks.serve_bench import _batches, _free_port, serve, stream
 
 NAME = "feed"
@@ -159,9 +159,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the rows as a small table."""
-    args = sys.argv[1:] if argv is None else argv
-    print_rows(run(quick="--quick" in args))
-    return 0
+    return cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,6 +74,14 @@ def rss_kb(field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def cli(run: Callable[..., list[dict[str, Any]]], argv: list[str] | None = None) -> int:
+    """A benchmark module's `main`: `run(quick=...)` (`--quick` in the arguments), its rows
+    printed by `print_rows`."""
+    args = sys.argv[1:] if argv is None else argv
+    print_rows(run(quick="--quick" in args))
+    return 0
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PG_URL, pg_schema
+from benchmarks.common import PG_URL, pg_schema, print_rows
 
 NAME = "large_bench"
 ROWS = 10_000_000
@@ -382,11 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "--retention-child":
         print(json.dumps(_retention_child(args[1], int(args[2]))))
         return 0
-    for r in run(quick="--quick" in args):
-        print(
-            f"{r['id']}  {r['figure']}: ours {r['ours']}, peer/limit {r['peer']}, "
-            f"ratio {r['ratio']} (target {r['target']}) {r.get('met', '')}"
-        )
+    print_rows(run(quick="--quick" in args))
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import print_rows
+from benchmarks.common import cli
 from benchmarks.serve_bench import NAME, build
 
 LIMIT_MB = 50
@@ -223,9 +223,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the rows."""
-    args = sys.argv[1:] if argv is None else argv
-    print_rows(run(quick="--quick" in args))
-    return 0
+    return cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from typing import Any
 import httpx
 
 from airflow_nx1_connect.core import store, writer
-from benchmarks.common import pg_schema, print_rows
+from benchmarks.common import cli, pg_schema
 
 NAME = "bench"
 SIZES = {
@@ -715,9 +715,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the rows as a small table."""
-    args = sys.argv[1:] if argv is None else argv
-    print_rows(run(quick="--quick" in args))
-    return 0
+    return cli(run, argv)
 
 
 if __name__ == "__main__":
