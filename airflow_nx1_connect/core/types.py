@@ -256,8 +256,11 @@ TYPES: dict[str, ColumnType] = {
     )
 }
 assert tuple(TYPES) == FAMILIES
-_KEEPS_TEXT = frozenset({decimal_text, _iso_text})
+#: Converters that return text as it is: a column of text and NULLs needs none of them.
+_KEEPS_TEXT = frozenset({_text, decimal_text, _iso_text, _json_dump})
 _TEXT_OR_NULL = frozenset({str, type(None)})
+# `convert_columns` skips text-only columns for every `store` converter (SQLite's text).
+assert all(fn in _KEEPS_TEXT for t in TYPES.values() for fn in t.store.values() if fn)
 assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 
 
@@ -282,26 +285,30 @@ def converters(
     return out
 
 
-def needed(
+def convert_columns(
     rows: Sequence[Sequence[Any]], todo: Sequence[tuple[int, Convert]]
-) -> list[tuple[int, Convert]]:
-    """`todo` without the converters that would change nothing in this batch.
+) -> Sequence[Sequence[Any]]:
+    """Rows with `todo`'s converters applied to non-NULL values, a column at a time;
+    `rows` itself when no column needs it.
 
-    A converter that leaves text as it is (`decimal_text`, `_iso_text`) is dropped for a
-    column holding only text and NULLs, as SQLite stores NUMERIC and DATE, and
-    `decimal_text` also where no value's `str()` has an exponent (then `str()`, which the
-    csv module applies, gives the same text). The checks run at C level (`map`), so a batch
-    that needs nothing costs no Python loop per row.
+    A converter that leaves text as it is (every `store` converter, `decimal_text`,
+    `_iso_text`) is skipped for a column holding only text and NULLs, as SQLite stores
+    NUMERIC and DATE. The check runs at C level (`map`), so a batch that needs nothing
+    costs no Python loop per row.
     """
-    out = []
-    for i, fn in todo:
-        values = list(map(itemgetter(i), rows))
-        if fn in _KEEPS_TEXT and set(map(type, values)) <= _TEXT_OR_NULL:
-            continue
-        if fn is decimal_text and "E" not in "".join(map(str, values)):
-            continue  # None is "None": no capital E either
-        out.append((i, fn))
-    return out
+    if not todo or not rows:
+        return rows
+    needed = [
+        (i, fn)
+        for i, fn in todo
+        if fn not in _KEEPS_TEXT or not set(map(type, map(itemgetter(i), rows))) <= _TEXT_OR_NULL
+    ]
+    if not needed:
+        return rows
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    for i, fn in needed:
+        columns[i] = [None if v is None else fn(v) for v in columns[i]]
+    return list(zip(*columns, strict=True))
 
 
 def convert_rows(

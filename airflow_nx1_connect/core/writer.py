@@ -22,9 +22,8 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -345,7 +344,7 @@ def _fill_sqlite(
             count += max(cur.rowcount, 0)
         for batch in batches:
             if batch:
-                cur.executemany(insert, _encode_batch(batch, encoders))
+                cur.executemany(insert, types.convert_columns(batch, encoders))
                 count += len(batch)
                 progress.add(len(batch))
         if previous is not None and mode == "merge":
@@ -388,7 +387,7 @@ def _fill_postgres(
                 cur,
                 f"COPY {quote(conn, table)} ({cols}) FROM STDIN",
                 columns,
-                (_encode_batch(batch, encoders) for batch in batches if batch),
+                (types.convert_columns(batch, encoders) for batch in batches if batch),
                 count + 1,
                 progress.add,
             )
@@ -488,32 +487,6 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         if ids:
             conn.execute(snapshots.delete().where(snapshots.c.id.in_(ids)))
     return len(doomed)
-
-
-def _encode_batch(
-    rows: Sequence[Sequence[Any]], encoders: Sequence[tuple[int, Callable[[Any], Any]]]
-) -> Sequence[Sequence[Any]]:
-    """Rows with the encoded columns converted; `rows` itself when nothing needs it.
-
-    Every encoder leaves `str` and None as they are, so a column holding only those
-    (checked with C-level `map`, no Python loop per row) is skipped; the others are
-    converted a column at a time. Most batches go to the driver untouched.
-    """
-    if not encoders or not rows:
-        return rows
-    todo = []
-    for i, enc in encoders:
-        kinds = set(map(type, map(itemgetter(i), rows)))
-        kinds.discard(str)
-        kinds.discard(type(None))
-        if kinds:
-            todo.append((i, enc))
-    if not todo:
-        return rows
-    cols: list[Sequence[Any]] = list(zip(*rows, strict=True))
-    for i, enc in todo:
-        cols[i] = [None if v is None else enc(v) for v in cols[i]]
-    return list(zip(*cols, strict=True))
 
 
 def _create_table_sql(conn: Connection, table: str, columns: Sequence[Column]) -> str:

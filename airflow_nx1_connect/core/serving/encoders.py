@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -43,14 +44,15 @@ def csv_encoder(columns: Sequence[Column]) -> Callable[[Iterable[Sequence[Any]]]
         writer = csv.writer(buffer, lineterminator="\r\n")
         if not isinstance(rows, Sequence):
             rows = list(rows)
-        todo = types.needed(rows, converters) if converters else converters
-        if not todo:
-            writer.writerows(rows)
-        elif rows:  # a column at a time: no Python loop per row
-            columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
-            for i, convert in todo:
-                columns[i] = [None if v is None else convert(v) for v in columns[i]]
-            writer.writerows(zip(*columns, strict=True))
+        # `decimal_text` changes only values whose str() (what the csv module writes) has
+        # an exponent; None is "None", no capital E either.
+        todo = [
+            (i, convert)
+            for i, convert in converters
+            if convert is not types.decimal_text
+            or "E" in "".join(map(str, map(itemgetter(i), rows)))
+        ]
+        writer.writerows(types.convert_columns(rows, todo))
         return buffer.getvalue().encode()
 
     return encode
