@@ -23,8 +23,7 @@ import pytest
 
 from airflow_nx1_connect.core import keys, writer
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core.arrow import arrow_schema, from_rows
-from airflow_nx1_connect.core.serving.columnar import columnar_stream
+from airflow_nx1_connect.core.serving.columnar import rows_stream
 from airflow_nx1_connect.core.types import Column
 from tests.web.conftest import BIG_ROWS, COLUMNS, Adapter, Answer, ApiStore, big_rows
 
@@ -169,7 +168,7 @@ def test_columnar_streams_one_batch_at_a_time() -> None:
     for fmt in ("arrow", "parquet"):
         read.clear()
         chunks = []
-        stream = columnar_stream(fmt, arrow_schema(columns), from_rows(columns, batches()))
+        stream = rows_stream(fmt, columns, batches())
         for chunk in stream:
             chunks.append(chunk)
             # never more than one batch read ahead of what was sent
@@ -240,7 +239,7 @@ def test_numeric_is_the_same_plain_text_in_every_format(
 def test_empty_result_is_a_valid_empty_stream() -> None:
     columns = [Column("id", "INTEGER"), Column("n", "NUMERIC")]
     for fmt in ("arrow", "parquet"):
-        body = b"".join(columnar_stream(fmt, arrow_schema(columns), from_rows(columns, [[]])))
+        body = b"".join(rows_stream(fmt, columns, [[]]))
         table = (
             pyarrow.ipc.open_stream(body).read_all()
             if fmt == "arrow"

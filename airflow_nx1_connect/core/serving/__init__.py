@@ -52,7 +52,7 @@ from airflow_nx1_connect.core.reads import OPS
 from airflow_nx1_connect.core.runs import RunLauncher
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
 from airflow_nx1_connect.core.serving.changes import changes_response
-from airflow_nx1_connect.core.serving.columnar import columnar_stream, started
+from airflow_nx1_connect.core.serving.columnar import columnar_stream, rows_stream, started
 from airflow_nx1_connect.core.serving.cors import add_cors_headers, is_preflight, preflight
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
@@ -302,15 +302,11 @@ def _rows_response(
         def body() -> bytes | Iterator[bytes]:
             start = params.start
             if params.format in ("arrow", "parquet"):
+                if query:
+                    rows = reads.iter_query_rows(engine, snapshot, columns, query, start=start)
+                    return started(rows_stream(params.format, columns, rows))
                 # Unfiltered: read straight into Arrow by the store's driver (fast path).
-                record_batches = (
-                    arrow.from_rows(
-                        columns,
-                        reads.iter_query_rows(engine, snapshot, columns, query, start=start),
-                    )
-                    if query
-                    else arrow.iter_record_batches(engine, snapshot, columns, start=start)
-                )
+                record_batches = arrow.iter_record_batches(engine, snapshot, columns, start=start)
                 schema = arrow.arrow_schema(columns)
                 return started(columnar_stream(params.format, schema, record_batches))
             if query:
@@ -332,9 +328,7 @@ def _rows_response(
             if params.format == "ndjson":
                 return ndjson_rows(names, json_values(rows))
             if params.format in ("arrow", "parquet"):
-                schema = arrow.arrow_schema(columns)
-                batches = arrow.from_rows(columns, [rows])
-                return b"".join(columnar_stream(params.format, schema, batches))
+                return b"".join(rows_stream(params.format, columns, [rows]))
             return dumps(
                 {
                     "data_api": name,

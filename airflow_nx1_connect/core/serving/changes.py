@@ -16,9 +16,9 @@ from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import arrow, changes
+from airflow_nx1_connect.core import changes
 from airflow_nx1_connect.core.errors import ValidationError
-from airflow_nx1_connect.core.serving.columnar import columnar_stream
+from airflow_nx1_connect.core.serving.columnar import rows_stream
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
     csv_header,
@@ -77,10 +77,7 @@ def changes_response(
             first = next(batches, None)
             if params.format == "arrow":
                 rest = [first] if first is not None else []
-                record_batches = arrow.from_rows(columns, chain(rest, batches))
-                return _closing(
-                    columnar_stream("arrow", arrow.arrow_schema(columns), record_batches), batches
-                )
+                return _closing(rows_stream("arrow", columns, chain(rest, batches)), batches)
             return _closing(
                 stream(params.format, names, first, batches, csv_rows, json_values), batches
             )
@@ -97,8 +94,7 @@ def changes_response(
 
         def body() -> bytes | Iterator[bytes]:
             if params.format == "arrow":
-                schema = arrow.arrow_schema(columns)
-                return b"".join(columnar_stream("arrow", schema, arrow.from_rows(columns, [rows])))
+                return b"".join(rows_stream("arrow", columns, [rows]))
             if params.format == "csv":
                 return csv_header(names) + csv_rows(rows)
             if params.format == "ndjson":

@@ -7,11 +7,14 @@ next is read, so a whole snapshot streams in constant server memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from airflow_nx1_connect.core import arrow
+from airflow_nx1_connect.core.types import Column
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 PARQUET = "application/vnd.apache.parquet"
@@ -72,6 +75,13 @@ def columnar_stream(
         if close is not None:
             close()
     yield sink.take()
+
+
+def rows_stream(
+    fmt: str, columns: Sequence[Column], row_batches: Iterable[Sequence[Sequence[Any]]]
+) -> Iterator[bytes]:
+    """`columnar_stream` of batches of stored rows (made record batches by `core.arrow`)."""
+    return columnar_stream(fmt, arrow.arrow_schema(columns), arrow.from_rows(columns, row_batches))
 
 
 def started(chunks: Iterator[bytes]) -> Iterator[bytes]:
