@@ -451,16 +451,14 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
     """
     keep = max(keep, 1)
     with engine.begin() as conn:
-        # A no-op write first: it takes the data API's row lock (PostgreSQL) or the write
-        # lock (SQLite) before anything is read, so concurrent passes run one after the
-        # other and each snapshot is dropped and retired once.
-        conn.execute(
+        # A no-op write first (returning the latest id): it takes the data API's row lock
+        # (PostgreSQL) or the write lock (SQLite) before anything is read, so concurrent
+        # passes run one after the other and each snapshot is dropped and retired once.
+        latest_id = conn.execute(
             data_apis.update()
             .where(data_apis.c.name == data_api)
             .values(latest_snapshot_id=data_apis.c.latest_snapshot_id)
-        )
-        latest_id = conn.execute(
-            sa.select(data_apis.c.latest_snapshot_id).where(data_apis.c.name == data_api)
+            .returning(data_apis.c.latest_snapshot_id)
         ).scalar()
         published = list_snapshots(conn, data_api)
         doomed = [s for s in published[keep:] if s.id != latest_id]
