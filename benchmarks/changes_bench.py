@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from airflow_nx1_connect.core import store, writer
-from benchmarks.common import cli, pg_schema
+from benchmarks.common import cli, pg_schema, sayer
 from benchmarks.serve_bench import _batches, _free_port, serve, stream
 
 NAME = "feed"
 ROWS = 1_000_000
 
 
-def say(message: str) -> None:
-    print(f"[changes_bench] {message}", file=sys.stderr, flush=True)
+say = sayer("changes_bench")
 
 
 def _changed(rows: int) -> Iterator[list[tuple[Any, ...]]]:

@@ -28,13 +28,13 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import sayer
 from benchmarks.serve_bench import _read_response
 
 NAME = "bench"
@@ -45,9 +45,7 @@ SIZES = {
     False: {"rows": 100_000, "requests": 600, "write_rows": 1_000_000, "repeats": 3},
 }
 
-
-def say(message: str) -> None:
-    print(f"[cluster_bench] {message}", file=sys.stderr, flush=True)
+say = sayer("cluster_bench")
 
 
 def _rows(n: int, offset: int = 0) -> Any:

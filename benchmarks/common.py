@@ -68,12 +68,23 @@ def pg_schema() -> Iterator[tuple[str, str]]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def rss_kb(field: str = "VmRSS") -> int:
-    """This process's resident set size (VmRSS) or peak (VmHWM) in kB, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_kb(field: str = "VmRSS", pid: int | str = "self") -> int:
+    """A process's (this one's by default) resident set size (VmRSS) or peak (VmHWM) in
+    kB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def sayer(bench: str) -> Callable[[str], None]:
+    """A benchmark's `say`: progress lines on stderr, tagged `[bench]` (stdout carries its
+    rows)."""
+
+    def say(message: str) -> None:
+        print(f"[{bench}] {message}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def cli(run: Callable[..., list[dict[str, Any]]], argv: list[str] | None = None) -> int:

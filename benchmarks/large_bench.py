@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PG_URL, pg_schema, print_rows
+from benchmarks.common import PG_URL, pg_schema, print_rows, sayer
 
 NAME = "large_bench"
 ROWS = 10_000_000
@@ -52,8 +52,7 @@ GEN_SQL = (
 )
 
 
-def say(message: str) -> None:
-    print(f"[large_bench] {message}", file=sys.stderr, flush=True)
+say = sayer("large_bench")
 
 
 def _pg_conn() -> str:

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import cli
+from benchmarks.common import cli, rss_kb, sayer
 from benchmarks.serve_bench import NAME, build
 
 LIMIT_MB = 50
@@ -48,8 +48,7 @@ _NO_DIVERT = (
 )
 
 
-def say(message: str) -> None:
-    print(f"[mount_bench] {message}", file=sys.stderr, flush=True)
+say = sayer("mount_bench")
 
 
 def _stat(pid: str) -> list[str]:
@@ -86,12 +85,9 @@ def tree_rss_kb(session: int) -> int:
         if not proc.name.isdigit():
             continue
         try:
-            if int(_stat(proc.name)[3]) != session:
-                continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):  # gone meanwhile
+            if int(_stat(proc.name)[3]) == session:
+                total += rss_kb(pid=proc.name)
+        except (OSError, ValueError, IndexError, RuntimeError):  # gone meanwhile
             continue
     return total
 

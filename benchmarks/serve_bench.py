@@ -63,7 +63,7 @@ from typing import Any
 import httpx
 
 from airflow_nx1_connect.core import store, writer
-from benchmarks.common import cli, pg_schema
+from benchmarks.common import cli, pg_schema, rss_kb, sayer
 
 NAME = "bench"
 SIZES = {
@@ -76,8 +76,7 @@ PAGE = 100
 FILTER_NAME = 'item 42, "n"'
 
 
-def say(message: str) -> None:
-    print(f"[serve_bench] {message}", file=sys.stderr, flush=True)
+say = sayer("serve_bench")
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,14 +154,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rss_kb(pid: int) -> int:
-    """A process's resident set size in kB (from /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 @contextmanager
@@ -271,14 +262,14 @@ def stream(
 
     `decoded`: count the bytes after the client undid the Content-Encoding (gzip).
     """
-    before = rss_kb(pid)
+    before = rss_kb(pid=pid)
     peak = [before]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             try:
-                peak[0] = max(peak[0], rss_kb(pid))
+                peak[0] = max(peak[0], rss_kb(pid=pid))
             except (OSError, RuntimeError):
                 return
             time.sleep(0.05)
@@ -299,7 +290,7 @@ def stream(
     done.set()
     sampler.join()
     time.sleep(0.3)
-    return elapsed, size, {"before": before, "peak": peak[0], "after": rss_kb(pid)}
+    return elapsed, size, {"before": before, "peak": peak[0], "after": rss_kb(pid=pid)}
 
 
 # ---------------------------------------------------------------------------------------
