@@ -429,7 +429,14 @@ def test_keys_carry_scopes_and_rate_limits(sales):
     record = keys.verify_key(sales, secret, "sales")
     assert (record.scopes, record.rate_limit) == (("read", "run"), 120)
     user_error(
-        "keys", "create", "--data-api", "sales", "--days", "1", "--rate-limit", "-1",
+        "keys",
+        "create",
+        "--data-api",
+        "sales",
+        "--days",
+        "1",
+        "--rate-limit",
+        "-1",
         expect="rate limit must be a whole number",
     )
     res = nx1("keys", "create", "--data-api", "sales", "--days", "1", "--scope", "write")

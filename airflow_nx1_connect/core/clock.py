@@ -8,14 +8,14 @@ import email.utils
 
 def utcnow() -> dt.datetime:
     """Now, as an aware UTC datetime."""
-    return dt.datetime.now(dt.UTC)
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     """An aware UTC datetime (naive values are taken as UTC)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
 
 
 def iso(value: dt.datetime | None) -> str | None:

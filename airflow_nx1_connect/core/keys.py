@@ -192,8 +192,8 @@ def _now(now: dt.datetime | None) -> dt.datetime:
     if now is None:
         return utcnow()
     if now.tzinfo is None:
-        return now.replace(tzinfo=dt.UTC)
-    return now.astimezone(dt.UTC)
+        return now.replace(tzinfo=dt.timezone.utc)
+    return now.astimezone(dt.timezone.utc)
 
 
 def _hash(raw_key: str) -> str:

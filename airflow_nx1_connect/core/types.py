@@ -501,7 +501,7 @@ def _parse_timestamp(text: str) -> dt.datetime:
         value = dt.datetime.fromisoformat(text) if _TIMESTAMP_RE.match(text) else None
         # Stored as ISO text; aware values are compared in UTC (see FilterType).
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
+            value = value.astimezone(dt.timezone.utc)
     except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
         value = None
     if value is None:

@@ -80,7 +80,7 @@ def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
         return ""
     now = now or utcnow()
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
+        value = value.replace(tzinfo=dt.timezone.utc)
     seconds = (value - now).total_seconds()
     future = seconds > 0
     seconds = abs(seconds)

@@ -51,7 +51,7 @@ def source_rows() -> list[tuple[Any, ...]]:
             decimal.Decimal("-0.000001"),
             True,
             dt.date(1999, 12, 31),
-            dt.datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC),
+            dt.datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.timezone.utc),
             dt.datetime(2026, 1, 2, 3, 4, 5),
             {"tags": ["a", "ü"]},
             -2.25,
@@ -65,7 +65,7 @@ def source_rows() -> list[tuple[Any, ...]]:
                 decimal.Decimal(i) / 100,
                 i % 2 == 0,
                 dt.date(2026, 1, 1) + dt.timedelta(days=i % 365),
-                dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
+                dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i),
                 dt.datetime(2026, 1, 1) + dt.timedelta(seconds=i),  # naive: cast per value
                 {"i": i},
                 i / 4,
@@ -116,8 +116,10 @@ def test_driver_read_equals_the_row_path(
         got = table.slice(0, 2).to_pylist()
         assert got[0] == dict.fromkeys((c.name for c in COLUMNS), None) | {"id": 0}
         assert decimal.Decimal(got[1]["amount"]) == decimal.Decimal("-0.000001")
-        assert got[1]["ts"] == dt.datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC)
-        assert got[1]["local"] == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+        assert got[1]["ts"] == dt.datetime(
+            1999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.timezone.utc
+        )
+        assert got[1]["local"] == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
 
 def test_no_lock_held_between_batches(engine: sa.Engine, snapshot: snaps.Snapshot) -> None:

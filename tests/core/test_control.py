@@ -91,7 +91,7 @@ def test_create_data_api_validation(engine: Any, kwargs: dict[str, Any], field: 
 
 def test_rotate_key(engine: Any) -> None:
     snaps.register_data_api(engine, name="sales", kind="ask", dag_id="d", task_id="t")
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     old = control.create_key(
         engine,
         data_api="sales",
@@ -117,7 +117,7 @@ def test_rotate_key(engine: Any) -> None:
     # Both work during the overlap; the old one is refused after it.
     keys.verify_key(engine, created.secret, "sales")
     keys.verify_key(engine, old.secret, "sales")
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3, seconds=10)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3, seconds=10)
     with pytest.raises(Exception, match="valid data API key"):
         keys.verify_key(engine, old.secret, "sales", now=later)
     keys.verify_key(engine, created.secret, "sales", now=later)
@@ -173,7 +173,7 @@ def test_usage_is_read_per_key_and_day(engine: Any) -> None:
     snaps.register_data_api(engine, name="a", kind="ask", dag_id="d", task_id="t")
     one = keys.create_key(engine, data_api="a", days=30).key
     two = keys.create_key(engine, data_api="a", days=30).key
-    today = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.now(dt.timezone.utc).date()
     with engine.begin() as conn:
         conn.execute(
             key_usage_table.insert(),
@@ -224,7 +224,7 @@ def test_cli_apis_create_rotate_and_audit(store_env: str, engine: Any) -> None:
     assert KEY_LINE.match(rotated.stdout) and rotated.stdout.strip() != first
     new = keys.verify_key(engine, rotated.stdout.strip(), "weekly")
     assert new.rotated_from == key.id
-    left = keys.get_key(engine, key.id).expires_at - dt.datetime.now(dt.UTC)
+    left = keys.get_key(engine, key.id).expires_at - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(minutes=58) < left <= dt.timedelta(hours=1)
     user_error("keys", "rotate", key.id, "--overlap-hours", "-3", expect="overlap")
     user_error("keys", "rotate", "0000000000000000", expect="No data API key")

@@ -24,7 +24,7 @@ from airflow_nx1_connect.core.errors import (
     ValidationError,
 )
 
-T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 KEY_SHAPE = re.compile(r"^nx1_[A-Za-z0-9_-]{54}$")
 
 

@@ -58,7 +58,7 @@ def test_publish_moves_latest_and_values_round_trip(engine):
             decimal.Decimal("-0.000001"),
             False,
             dt.date(1999, 12, 31),
-            dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+            dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
             [1, "x"],
             -2.25,
         ),
@@ -143,9 +143,7 @@ def test_key_and_index_columns_are_indexed_before_publish_and_recorded(engine):
     )
     assert snap.key_columns == ["k", "v"]
     assert snap.indexed_columns == ["w", "v", "k"]  # every column that leads an index
-    indexes = {
-        tuple(ix["column_names"]) for ix in sa.inspect(engine).get_indexes(snap.table_name)
-    }
+    indexes = {tuple(ix["column_names"]) for ix in sa.inspect(engine).get_indexes(snap.table_name)}
     assert {("k", "v"), ("w",), ("v",)} <= indexes
     # The planner uses them: a filter on an index column is an index lookup.
     with engine.connect() as conn:

@@ -10,13 +10,13 @@ import pytest
 from airflow_nx1_connect.core import types
 
 VALUES = {
-    "TEXT": "Crème \"brûlée\"; it's",
+    "TEXT": 'Crème "brûlée"; it\'s',
     "INTEGER": 2**62,
     "REAL": 2.5,
     "NUMERIC": decimal.Decimal("12345678901234567890.000000001"),
     "BOOLEAN": True,
     "DATE": dt.date(2026, 1, 2),
-    "TIMESTAMP": dt.datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=dt.UTC),
+    "TIMESTAMP": dt.datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=dt.timezone.utc),
     "JSON": {"a": [1, "ü", None]},
 }
 #: What the data API sends for each value in JSON, and as CSV text.

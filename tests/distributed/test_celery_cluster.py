@@ -113,7 +113,7 @@ class Cluster:
 
 
 def _trigger(dep: Deployment, dag_id: str, run_id: str, conf: dict | None = None) -> tuple:
-    logical = dt.datetime.now(dt.UTC).isoformat()
+    logical = dt.datetime.now(dt.timezone.utc).isoformat()
     argv = ["airflow", "dags", "trigger", dag_id, "--run-id", run_id, "--logical-date", logical]
     if conf:
         argv += ["--conf", json.dumps(conf)]

@@ -61,14 +61,14 @@ def test_isolation_key_of_one_data_api_is_forbidden_everywhere_else(served):
 def test_expired_key_is_refused_at_the_boundary_second(served):
     made = keys.create_key(served.engine, data_api="alpha", days=1)
     served.secrets_seen.append(made.secret)
-    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).replace(microsecond=0)
+    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).replace(microsecond=0)
     with served.engine.begin() as conn:
         conn.execute(
             api_keys.update().where(api_keys.c.id == made.key.id).values(expires_at=expires)
         )
     for server in served.servers:
         assert _get(server, "alpha/latest?limit=1", made.secret).status_code == 200
-    while dt.datetime.now(dt.UTC) < expires:
+    while dt.datetime.now(dt.timezone.utc) < expires:
         time.sleep(0.05)
     for server in served.servers:
         r = _get(server, "alpha/latest?limit=1", made.secret)

@@ -42,7 +42,7 @@ SPECIAL_ROWS: list[tuple[Any, ...]] = [
         decimal.Decimal("12.3400"),
         True,
         dt.date(2026, 1, 2),
-        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
         {"tags": ["a", "ü"], "n": 1},
         1.5,
     ),
@@ -53,7 +53,7 @@ SPECIAL_ROWS: list[tuple[Any, ...]] = [
         decimal.Decimal("-0.000001"),
         False,
         dt.date(1999, 12, 31),
-        dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+        dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc),
         [1, "x", None],
         -2.25,
     ),
@@ -72,7 +72,7 @@ def big_rows() -> list[tuple[Any, ...]]:
                 decimal.Decimal(i) / 100,
                 i % 2 == 0,
                 dt.date(2026, 1, 1) + dt.timedelta(days=i % 365),
-                dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
+                dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i),
                 {"i": i},
                 i / 4,
             )
@@ -119,7 +119,7 @@ def _populate(url: str, backend: str) -> ApiStore:
         columns=columns,
         batches=[rows[i : i + 1000] for i in range(0, len(rows), 1000)],
         run_id="run_new",
-        data_interval_end=dt.datetime(2026, 1, 5, tzinfo=dt.UTC),
+        data_interval_end=dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc),
     )
     snaps.register_data_api(engine, name="other", kind="engineer", dag_id="d", task_id="other")
     other = writer.write_snapshot(
@@ -134,7 +134,10 @@ def _populate(url: str, backend: str) -> ApiStore:
         "other": keys.create_key(engine, data_api="other", days=30).secret,
         "empty": keys.create_key(engine, data_api="empty_api", days=30).secret,
         "expired": keys.create_key(
-            engine, data_api="sales", days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+            engine,
+            data_api="sales",
+            days=1,
+            now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3),
         ).secret,
     }
     revoked = keys.create_key(engine, data_api="sales", days=30)

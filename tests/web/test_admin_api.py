@@ -206,7 +206,11 @@ def test_create_a_data_api_ahead_of_its_first_run(
     assert core_keys.looks_like_key(key["key"]) and key["data_api"] == "weekly"
     assert key["status"] == "active" and key["usage"] == {"today": 0, "last_7_days": 0, "total": 0}
     expires = dt.datetime.fromisoformat(key["expires"])
-    assert dt.timedelta(days=9, hours=23) < expires - dt.datetime.now(dt.UTC) <= dt.timedelta(10)
+    assert (
+        dt.timedelta(days=9, hours=23)
+        < expires - dt.datetime.now(dt.timezone.utc)
+        <= dt.timedelta(10)
+    )
 
     # Until the first run: 404 "no snapshot published yet" with the new key.
     read = client.get(f"{DATA}/data-apis/weekly/latest", headers=auth(key["key"]))
@@ -343,7 +347,7 @@ def test_key_lifecycle(client: Any, store: dict[str, Any], tokens: dict[str, str
         60,
     )
     old = client.get(f"{ADMIN}/keys/{key_id}", headers=admin).json()
-    left = dt.datetime.fromisoformat(old["expires"]) - dt.datetime.now(dt.UTC)
+    left = dt.datetime.fromisoformat(old["expires"]) - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(hours=1, minutes=58) < left <= dt.timedelta(hours=2)
     # Both work during the overlap.
     for k in (secret, new["key"]):
@@ -352,7 +356,7 @@ def test_key_lifecycle(client: Any, store: dict[str, Any], tokens: dict[str, str
     rot2 = client.post(f"{ADMIN}/keys/{new['key_id']}/rotate", headers=admin)
     assert rot2.status_code == 201
     newer = client.get(f"{ADMIN}/keys/{new['key_id']}", headers=admin).json()
-    left = dt.datetime.fromisoformat(newer["expires"]) - dt.datetime.now(dt.UTC)
+    left = dt.datetime.fromisoformat(newer["expires"]) - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(hours=23, minutes=58) < left <= dt.timedelta(hours=24)
 
     rev = client.post(f"{ADMIN}/keys/{key_id}/revoke", headers=admin)

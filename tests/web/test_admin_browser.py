@@ -67,7 +67,7 @@ def _record_usage(store_url: str, key_id: str | None, *, counts: dict[int, int])
 
     assert key_id
     engine = store.create_store_engine(store_url)
-    day = dt.datetime.now(dt.UTC).date()
+    day = dt.datetime.now(dt.timezone.utc).date()
     try:
         with engine.begin() as conn:
             conn.execute(

@@ -588,7 +588,7 @@ def test_create_key_rate_limit_validation(
 def test_keys_list_shows_usage(clients: dict[str, Any], store: dict[str, Any]) -> None:
     engine = store["engine"]
     key_id = store["ask_key"].key.id
-    today = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.now(dt.timezone.utc).date()
     with engine.begin() as conn:
         conn.execute(
             key_usage.insert(),
@@ -621,7 +621,7 @@ def test_rotate_key(clients: dict[str, Any], store: dict[str, Any]) -> None:
     assert new.rotated_from == old.key.id
     # The old key still works, for the overlap only.
     still = core_keys.verify_key(engine, old.secret, "compliance_metrics")
-    left = still.expires_at - dt.datetime.now(dt.UTC)
+    left = still.expires_at - dt.datetime.now(dt.timezone.utc)
     assert dt.timedelta(hours=1, minutes=58) < left <= dt.timedelta(hours=2)
     [event] = [e for e in audit.list_events(engine, key_id=old.key.id) if e.action == "rotate_key"]
     assert event.actor == "engineer" and event.detail["new_key_id"] == new.id

@@ -44,7 +44,7 @@ def _row(i: int, tag: str = "") -> tuple[Any, ...]:
         None,
         i % 2 == 0,
         dt.date(2026, 1, 1) + dt.timedelta(days=i % 30),
-        dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
+        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i),
         {"i": i},
         i / 4,
     )
@@ -160,7 +160,7 @@ def problem(answer: Answer, status: int) -> str:
 
 def as_json(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
     if isinstance(value, dt.date):
         return value.isoformat()
     if value is not None and not isinstance(value, bool | int | float | str | dict | list):

@@ -47,7 +47,7 @@ def where(pred: Callable[[tuple[Any, ...]], bool]) -> list[int]:
     return [r[ID] for r in ROWS if pred(r)]
 
 
-UTC = dt.UTC
+UTC = dt.timezone.utc
 FILTER_CASES: list[tuple[list[tuple[str, str]], Callable[[tuple[Any, ...]], bool]]] = [
     ([("where.id", "eq.7")], lambda r: r[ID] == 7),
     ([("where.id", "ne.7")], lambda r: r[ID] != 7),

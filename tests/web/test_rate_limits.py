@@ -163,7 +163,7 @@ def test_usage_is_counted_in_memory_and_flushed(api_store, adapters):
     engine = api_store.engine
     key_id, secret = _key(api_store, None)
     other_id, other = _key(api_store, None)
-    today = dt.datetime.now(dt.UTC).date()
+    today = dt.datetime.now(dt.timezone.utc).date()
     usage.flush()
     with engine.begin() as conn:  # earlier days, as other processes flushed them
         conn.execute(
@@ -209,7 +209,7 @@ def test_usage_flushes_in_the_background_after_the_interval(api_store, adapters,
     flusher = usage._flusher
     assert flusher is not None
     flusher.join(10)
-    assert _stored_usage(api_store.engine, key_id) == [(dt.datetime.now(dt.UTC).date(), 1)]
+    assert _stored_usage(api_store.engine, key_id) == [(dt.datetime.now(dt.timezone.utc).date(), 1)]
     keys.delete_key(api_store.engine, key_id)
 
 

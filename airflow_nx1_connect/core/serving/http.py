@@ -329,7 +329,7 @@ def not_modified(request: Request, etag: str, last_modified: dt.datetime | None)
         except (TypeError, ValueError, IndexError):
             return False
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.UTC)
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
         return last_modified.replace(microsecond=0) <= parsed
     return False
 
