@@ -53,6 +53,20 @@ class DataApi:
     latest_snapshot_id: str | None
     key_columns: list[str] = field(default_factory=list)
     index_columns: list[str] = field(default_factory=list)
+    last_failure_run_id: str | None = None
+    last_failure_at: dt.datetime | None = None
+    last_failure_detail: str | None = None
+
+    def last_failure(self) -> dict[str, Any] | None:
+        """The last failed run `{"run_id", "at", "detail"}`, or None when the last run
+        published (or none failed)."""
+        if self.last_failure_at is None:
+            return None
+        return {
+            "run_id": self.last_failure_run_id,
+            "at": iso(self.last_failure_at),
+            "detail": self.last_failure_detail,
+        }
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import fcntl
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,10 @@ data_apis = sa.Table(
     # rule asks to index; both as given by the rule's operator (JSON lists).
     sa.Column("key_columns", sa.JSON, nullable=True),
     sa.Column("index_columns", sa.JSON, nullable=True),
+    # The last run that failed (its error, one line), cleared by every publish.
+    sa.Column("last_failure_run_id", sa.String(250), nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_detail", sa.Text, nullable=True),
     sa.CheckConstraint("kind IN ('ask', 'engineer')", name="kind"),
 )
 
@@ -238,6 +243,49 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
+#: The statements before which the sqlite3 module starts a transaction (and DDL).
+_SQLITE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+#: How often a SQLite write waiting for the write lock tries again.
+SQLITE_LOCK_POLL_S = 0.001
+
+
+def _on_sqlite_execute(conn: sa.Connection, cursor: Any, statement: str, *_args: Any) -> None:
+    """Take SQLite's write lock before the first write of a transaction, polling often.
+
+    SQLite's own busy handler sleeps up to 100 ms between tries, so a short write (an
+    admin action) waiting behind a long run's batch inserts only gets in when a try
+    happens to fall between two batches: seconds, at times. Here the write transaction
+    starts with BEGIN IMMEDIATE, tried every millisecond until the busy timeout, so it
+    gets in at the first gap between batches (see `core.writer`).
+    """
+    raw = conn.connection.driver_connection
+    if raw is None or raw.in_transaction:
+        return
+    if not statement.lstrip()[:7].upper().startswith(_SQLITE_WRITES):
+        return
+    take_sqlite_write_lock(raw)
+
+
+def take_sqlite_write_lock(raw: Any, timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+    """BEGIN IMMEDIATE on a sqlite3 connection, tried every SQLITE_LOCK_POLL_S until
+    `timeout_ms`; raises sqlite3's "database is locked" after that."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_POLL_S)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+
+
 def create_store_engine(url: str) -> Engine:
     """A new engine for a store URL, with a bounded connect timeout.
 
@@ -264,6 +312,7 @@ def create_store_engine(url: str) -> Engine:
     engine = sa.create_engine(parsed, hide_parameters=True, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "before_cursor_execute", _on_sqlite_execute)
     return engine
 
 
