@@ -257,7 +257,8 @@ engine = store.create_store_engine(sys.argv[1])
 n = int(sys.argv[2])
 def batches():
     for start in range(0, n, 10_000):
-        yield [(i, f"name {i}", i * 0.5, f"category {i % 50}") for i in range(start, start + 10_000)]
+        stop = start + 10_000
+        yield [(i, f"name {i}", i * 0.5, f"category {i % 50}") for i in range(start, stop)]
 writer.write_snapshot(
     engine, data_api="ledger", index_columns=["v"],
     columns=[Column("k", "INTEGER"), Column("v", "TEXT"), Column("r", "REAL"), Column("c", "TEXT")],
