@@ -55,8 +55,9 @@ from airflow_nx1_connect.core.store import (
     ROW_COLUMN,
     TABLE_PREFIX,
     data_apis,
-    drop_table,
+    empty_trash,
     quote,
+    retire_table,
     retired_snapshots,
     snapshots,
     take_sqlite_write_lock,
@@ -131,14 +132,16 @@ def cleanup_abandoned(engine: Engine, data_api: str | None = None) -> int:
         if not Lease.is_abandoned(engine, snapshot_id):
             continue
         with engine.begin() as conn:
-            drop_table(conn, table)
+            trash = retire_table(conn, table)
             conn.execute(
                 snapshots.delete().where(
                     snapshots.c.id == snapshot_id, snapshots.c.status == "writing"
                 )
             )
+        empty_trash(engine, [trash] if trash else [])
         log.info("Removed snapshot %s left half-written by a run that was killed.", snapshot_id)
         removed += 1
+    empty_trash(engine)  # what a process that died while dropping tables left
     return removed
 
 
@@ -617,12 +620,13 @@ def _mark_failed(
     message = (str(exc).strip() or type(exc).__name__)[:2000]
     try:
         with engine.begin() as conn:
-            drop_table(conn, table)
+            trash = retire_table(conn, table)
             mine = sa.and_(snapshots.c.id == snapshot_id, snapshots.c.status == "writing")
             if isinstance(exc, ChecksFailed):
                 conn.execute(snapshots.delete().where(mine))
             else:
                 conn.execute(snapshots.update().where(mine).values(status="failed", error=message))
+        empty_trash(engine, [trash] if trash else [])
         record_failure(engine, data_api, run_id, message)
     except Exception:  # the store itself may be what failed; cleanup_abandoned finishes later
         log.warning("Could not mark snapshot %s failed; it will be cleaned up later.", snapshot_id)
@@ -662,8 +666,7 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         doomed = [s for s in published[keep:] if s.id != latest_id]
         # Failed records carry no table; keep only the newest few for diagnosis.
         failed = list_snapshots(conn, data_api, statuses=("failed",))[keep:]
-        for s in doomed:
-            drop_table(conn, s.table_name)
+        trash = [t for t in (retire_table(conn, s.table_name) for s in doomed) if t]
         if doomed:
             # Remembered so that the change feed can tell "no longer retained" (410).
             now = utcnow()
@@ -682,6 +685,7 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         ids = [s.id for s in doomed + failed]
         if ids:
             conn.execute(snapshots.delete().where(snapshots.c.id.in_(ids)))
+    empty_trash(engine, trash)
     return len(doomed)
 
 

@@ -335,3 +335,24 @@ def test_nothing_is_latest_before_the_first_publish(engine: sa.Engine) -> None:
     _register(engine)
     with pytest.raises(SnapshotNotFound):
         snaps.latest_snapshot(engine, "ledger")
+
+
+def test_a_stream_of_a_snapshot_retired_meanwhile_fails_never_shortens(
+    engine: sa.Engine,
+) -> None:
+    """Retention takes a snapshot's table out of service at once (SQLite: renamed, then
+    emptied in short transactions): a stream that started before errors on its next batch
+    instead of ending early with part of the rows."""
+    _register(engine)
+    rows = [(i, f"row {i}") for i in range(25_000)]
+    old = writer.write_snapshot(engine, data_api="ledger", columns=COLUMNS, batches=[rows])
+    stream = reads.iter_raw_rows(engine, old, snaps.resolve_columns(old, None))
+    assert len(next(stream)) == 10_000
+    writer.write_snapshot(
+        engine, data_api="ledger", columns=COLUMNS, batches=[[(1, "new")]], retention=1
+    )
+    with pytest.raises(SnapshotNotFound):
+        list(stream)
+    tables = sa.inspect(engine).get_table_names()
+    assert old.table_name not in tables
+    assert not [t for t in tables if t.startswith("nx1_trash_")]
