@@ -550,12 +550,7 @@ def _publish(
     """
     now = utcnow()
     with engine.begin() as conn:
-        current = conn.execute(
-            data_apis.update()
-            .where(data_apis.c.name == data_api)
-            .values(latest_snapshot_id=data_apis.c.latest_snapshot_id)
-            .returning(data_apis.c.latest_snapshot_id)
-        ).first()
+        current = _lock_data_api(conn, data_api)
         if current is None:
             raise RuleError(
                 f"Data API {data_api!r} was deleted while this run wrote its snapshot; "
@@ -589,6 +584,18 @@ def _publish(
         conn.execute(data_apis.update().where(data_apis.c.name == data_api).values(**values))
         row = conn.execute(sa.select(snapshots).where(snapshots.c.id == snapshot_id)).one()
     return snapshot_from_row(row), moved
+
+
+def _lock_data_api(conn: Connection, data_api: str) -> Any:
+    """A no-op write of the data API's row, returning (its latest snapshot id,), or None
+    when there is no such data API: it holds the row lock (PostgreSQL) or the write lock
+    (SQLite) until the transaction ends, so the latest pointer read is the one written."""
+    return conn.execute(
+        data_apis.update()
+        .where(data_apis.c.name == data_api)
+        .values(latest_snapshot_id=data_apis.c.latest_snapshot_id)
+        .returning(data_apis.c.latest_snapshot_id)
+    ).first()
 
 
 def _newer_than_latest(conn: Connection, snapshot_id: str, latest_id: str | None) -> bool:
@@ -656,12 +663,8 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         # A no-op write first (returning the latest id): it takes the data API's row lock
         # (PostgreSQL) or the write lock (SQLite) before anything is read, so concurrent
         # passes run one after the other and each snapshot is dropped and retired once.
-        latest_id = conn.execute(
-            data_apis.update()
-            .where(data_apis.c.name == data_api)
-            .values(latest_snapshot_id=data_apis.c.latest_snapshot_id)
-            .returning(data_apis.c.latest_snapshot_id)
-        ).scalar()
+        locked = _lock_data_api(conn, data_api)
+        latest_id = locked[0] if locked is not None else None
         published = list_snapshots(conn, data_api)
         doomed = [s for s in published[keep:] if s.id != latest_id]
         # Failed records carry no table; keep only the newest few for diagnosis.

@@ -27,7 +27,7 @@ import pyarrow.ipc
 import pyarrow.parquet
 import pytest
 
-from tests.api_server import running_api_server
+from tests.api_server import api_server_env, migrate_airflow, running_api_server
 from tests.web.test_api_server import MOUNTS
 
 pytestmark = pytest.mark.slow
@@ -85,23 +85,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("airflow-home-integrity")
     store = home / "nx1_store.db"
     key = _python(_SETUP, f"sqlite:///{store}")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__AUTH_MANAGER": (
-            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
-        ),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": f"sqlite:///{store}",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    env = api_server_env(home, f"sqlite:///{store}")
+    migrate_airflow(env)
     with running_api_server(env, home) as (url, _log):
         yield Server(url, home, store, key)
 
