@@ -247,6 +247,8 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 _SQLITE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 #: How often a SQLite write waiting for the write lock tries again.
 SQLITE_LOCK_POLL_S = 0.001
+#: SQLite's WAL size (pages) that makes a committing connection checkpoint (its default).
+SQLITE_AUTOCHECKPOINT = 1000
 
 
 def _on_sqlite_execute(conn: sa.Connection, cursor: Any, statement: str, *_args: Any) -> None:
@@ -266,13 +268,17 @@ def _on_sqlite_execute(conn: sa.Connection, cursor: Any, statement: str, *_args:
     take_sqlite_write_lock(raw)
 
 
-def take_sqlite_write_lock(raw: Any, timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+def take_sqlite_write_lock(
+    raw: Any, timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, *, busy_timeout_off: bool = False
+) -> None:
     """BEGIN IMMEDIATE on a sqlite3 connection, tried every SQLITE_LOCK_POLL_S until
-    `timeout_ms`; raises sqlite3's "database is locked" after that."""
+    `timeout_ms`; raises sqlite3's "database is locked" after that. `busy_timeout_off`:
+    the connection's busy timeout is 0 already (a bulk writer sets it once)."""
     import sqlite3
 
     deadline = time.monotonic() + timeout_ms / 1000
-    raw.execute("PRAGMA busy_timeout = 0")
+    if not busy_timeout_off:
+        raw.execute("PRAGMA busy_timeout = 0")
     try:
         while True:
             try:
@@ -283,7 +289,8 @@ def take_sqlite_write_lock(raw: Any, timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -
                     raise
             time.sleep(SQLITE_LOCK_POLL_S)
     finally:
-        raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+        if not busy_timeout_off:
+            raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
 
 def create_store_engine(url: str) -> Engine:
