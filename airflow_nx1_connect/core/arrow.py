@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import reads, types
 from airflow_nx1_connect.core.snapshots import Snapshot
-from airflow_nx1_connect.core.store import BATCH_SIZE, CONNECT_TIMEOUT_S
+from airflow_nx1_connect.core.store import BATCH_SIZE, CONNECT_TIMEOUT_S, read_timeout
 from airflow_nx1_connect.core.types import Column
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,16 @@ class _DriverReader:
                     {k: v for k, v in defaults.items() if k not in url.query}
                 )
                 uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
-                return cls(adbc_driver_postgresql.connect(uri))
+                reader = cls(adbc_driver_postgresql.connect(uri))
+                timeout = read_timeout(engine)
+                if timeout:  # the read engine's bound, as on its own connections
+                    try:
+                        for setting in ("statement_timeout", "lock_timeout"):
+                            reader._execute(f"SET {setting} = {int(timeout * 1000)}")
+                    except Exception:
+                        reader.close()
+                        raise
+                return reader
         except Exception as exc:  # any failure: the row path serves the batches
             log.warning(
                 "Arrow reads of the snapshot store go through rows (slower): its ADBC "
@@ -211,6 +220,14 @@ class _DriverReader:
                 type(exc).__name__,
             )
         return None
+
+    def _execute(self, sql: str) -> None:
+        statement = self._adbc.AdbcStatement(self._connection)
+        try:
+            statement.set_sql_query(sql)
+            statement.execute_update()
+        finally:
+            statement.close()
 
     def fetch(self, sql: str, after: int, limit: int) -> pa.Table | None:
         """One keyset batch as the driver types it; None if the driver cannot read it."""

@@ -12,6 +12,7 @@ encoders that write them straight to text, see `core.types`); `read_rows` decode
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import types
-from airflow_nx1_connect.core.errors import SnapshotNotFound, ValidationError
+from airflow_nx1_connect.core.errors import SnapshotNotFound, StoreUnavailable, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, placeholder
+from airflow_nx1_connect.core.store import (
+    BATCH_SIZE,
+    ROW_COLUMN,
+    placeholder,
+    read_deadline,
+    snapshots,
+)
 from airflow_nx1_connect.core.types import Column
+
+log = logging.getLogger(__name__)
 
 #: Filter operators of `where.<column>=<op>.<value>`.
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "like", "in", "is")
@@ -261,15 +270,7 @@ def _read_query(
         params: Any = (
             tuple(values[n] for n in names) if positional else {n: values[n] for n in names}
         )
-        try:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
-        except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
-            raise _missing_table(snapshot) from exc
+        return _fetch_all(conn, snapshot, sql, params)
 
 
 def iter_query_rows(
@@ -368,17 +369,7 @@ def read_raw_rows(
     """
     with use_bind(bind) as conn:
         sql = keyset_sql(conn.dialect, snapshot.table_name, tuple(c.name for c in columns))
-        try:
-            # The hot path of every page: the driver's own cursor and fetchall, no per-row
-            # Row objects (several times faster than iterating a SQLAlchemy result).
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, (start, limit))
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
-        except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
-            raise _missing_table(snapshot) from exc
+        return _fetch_all(conn, snapshot, sql, (start, limit))
 
 
 @functools.lru_cache(maxsize=512)
@@ -430,8 +421,51 @@ def iter_raw_rows(
     return _batches(read_raw_rows, engine, snapshot, columns, start, batch_size)
 
 
-def _missing_table(snapshot: Snapshot) -> SnapshotNotFound:
-    return SnapshotNotFound(
-        f"Snapshot {snapshot.id} of {snapshot.data_api!r} is no longer retained; "
-        "ask for latest again."
+def _fetch_all(conn: Connection, snapshot: Snapshot, sql: str, params: Any) -> list[Any]:
+    """Run a read of `snapshot` on the driver's own cursor (the hot path of every page: no
+    per-row Row objects, several times faster than a SQLAlchemy result), within the read
+    engine's bound; a failure is `read_failed`'s answer."""
+    try:
+        with read_deadline(conn):
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+    except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+        raise read_failed(conn, snapshot, exc) from exc
+
+
+def read_failed(conn: Connection, snapshot: Snapshot, exc: BaseException) -> Exception:
+    """What a failed read of `snapshot` means: SnapshotNotFound (404) only when the
+    catalogue no longer lists it (retention dropped it meanwhile); otherwise the store
+    failed (a timeout, a lock, an outage): StoreUnavailable (503, retry later)."""
+    detail = " ".join(str(getattr(exc, "orig", exc)).split())[:200] or type(exc).__name__
+    try:
+        # The read ran on the driver's own cursor, which SQLAlchemy does not track: roll
+        # back on the driver connection (PostgreSQL refuses anything else after an error).
+        conn.rollback()
+        conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+        listed = (
+            conn.execute(
+                sa.select(snapshots.c.id).where(
+                    snapshots.c.id == snapshot.id,
+                    snapshots.c.data_api == snapshot.data_api,
+                    snapshots.c.status == "published",
+                )
+            ).first()
+            is not None
+        )
+    except Exception:  # the store itself is what fails
+        listed = True
+    if not listed:
+        return SnapshotNotFound(
+            f"Snapshot {snapshot.id} of {snapshot.data_api!r} is no longer retained; "
+            "ask for latest again."
+        )
+    log.warning("Reading snapshot %s of %r failed: %s", snapshot.id, snapshot.data_api, detail)
+    return StoreUnavailable(
+        f"Reading snapshot {snapshot.id} of {snapshot.data_api!r} failed in the snapshot "
+        f"store ({detail}); try again in a few seconds."
     )

@@ -228,7 +228,7 @@ retired_snapshots = sa.Table(
 # Engines
 # ---------------------------------------------------------------------------------------
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, float | None], Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -293,7 +293,72 @@ def take_sqlite_write_lock(
             raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
 
-def create_store_engine(url: str) -> Engine:
+#: Execution option of a read engine (`get_engine(..., read_timeout_s=...)`): its bound.
+READ_TIMEOUT_OPTION = "nx1_read_timeout_s"
+#: Key of a SQLite read connection's deadline holder in its pool record's `info`.
+READ_DEADLINE = "nx1_read_deadline"
+#: SQLite virtual machine steps between two checks of a read's deadline.
+_PROGRESS_STEPS = 1000
+
+
+def _on_read_connect(timeout_s: float) -> Any:
+    """A `connect` listener that bounds the reads of a read engine's connections."""
+    ms = int(timeout_s * 1000)
+
+    def on_connect(dbapi_conn: Any, record: Any) -> None:
+        if _is_sqlite3(dbapi_conn):
+            # Reads set holder[0] to their deadline (`read_deadline`); past it, SQLite
+            # interrupts the statement ("interrupted").
+            holder = record.info[READ_DEADLINE] = [0.0]
+
+            def past_deadline() -> int:
+                return 1 if holder[0] and time.monotonic() > holder[0] else 0
+
+            dbapi_conn.set_progress_handler(past_deadline, _PROGRESS_STEPS)
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {ms}")
+            return
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"SET statement_timeout = {ms}")
+            cur.execute(f"SET lock_timeout = {ms}")
+        finally:
+            cur.close()
+        dbapi_conn.commit()  # session settings outlive the pool's rollbacks once committed
+
+    return on_connect
+
+
+def _is_sqlite3(dbapi_conn: Any) -> bool:
+    import sqlite3
+
+    return isinstance(dbapi_conn, sqlite3.Connection)
+
+
+@contextmanager
+def read_deadline(conn: sa.Connection) -> Iterator[None]:
+    """While inside, a SQLite read on `conn` (of a read engine) stops at its deadline.
+
+    PostgreSQL read engines bound every statement on their own (`statement_timeout`);
+    engines without a read timeout bound nothing.
+    """
+    holder = conn.connection.info.get(READ_DEADLINE)
+    timeout = conn.get_execution_options().get(READ_TIMEOUT_OPTION)
+    if holder is None or not timeout:
+        yield
+        return
+    holder[0] = time.monotonic() + timeout
+    try:
+        yield
+    finally:
+        holder[0] = 0.0
+
+
+def read_timeout(bind: Engine | sa.Connection) -> float | None:
+    """The read bound of a read engine (or its connection), None for other engines."""
+    return bind.get_execution_options().get(READ_TIMEOUT_OPTION)
+
+
+def create_store_engine(url: str, *, read_timeout_s: float | None = None) -> Engine:
     """A new engine for a store URL, with a bounded connect timeout.
 
     SQLite: WAL mode, a busy timeout and foreign keys on every connection (its folder is
@@ -315,24 +380,35 @@ def create_store_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         kwargs["pool_pre_ping"] = True
         kwargs["pool_timeout"] = CONNECT_TIMEOUT_S
+    if read_timeout_s:
+        kwargs["execution_options"] = {READ_TIMEOUT_OPTION: read_timeout_s}
     # Bound values (key hashes, snapshot rows) never appear in SQL logs or error messages.
     engine = sa.create_engine(parsed, hide_parameters=True, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "before_cursor_execute", _on_sqlite_execute)
+    if read_timeout_s:
+        event.listen(engine, "connect", _on_read_connect(read_timeout_s))
     return engine
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The shared engine for `url` (default: the configured store), created on first use."""
+def get_engine(url: str | None = None, *, read_timeout_s: float | None = None) -> Engine:
+    """The shared engine for `url` (default: the configured store), created on first use.
+
+    With `read_timeout_s`, the data API's read engine: a pool of its own whose statements
+    are bounded (PostgreSQL `statement_timeout` and `lock_timeout`; SQLite a progress
+    deadline while `read_deadline` is entered). Writers use the plain engine: a rule's bulk
+    load must never be cut short.
+    """
     if url is None:
         from airflow_nx1_connect.core.settings import get_settings
 
         url = get_settings().sql_alchemy_conn
+    key = (url, read_timeout_s or None)
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
-            engine = _engines[url] = create_store_engine(url)
+            engine = _engines[key] = create_store_engine(url, read_timeout_s=read_timeout_s)
         return engine
 
 

@@ -119,7 +119,7 @@ _CACHE_HEADERS = {
         "schema": {"type": "string"},
     },
     "Cache-Control": {
-        "description": "`public, max-age=31536000, immutable` on a snapshot's own URL; "
+        "description": "`private, max-age=31536000, immutable` on a snapshot's own URL; "
         "a short max-age elsewhere.",
         "schema": {"type": "string"},
     },
