@@ -233,9 +233,22 @@ _engines_lock = threading.Lock()
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    import sqlite3
+
     cur = dbapi_conn.cursor()
     try:
-        cur.execute("PRAGMA journal_mode=WAL")
+        # Turning a new database to WAL needs it alone for a moment; SQLite answers "locked"
+        # at once (no busy handler: it could deadlock) when two processes open a new store
+        # together, e.g. two `db migrate`s: try again until the busy timeout.
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -536,9 +549,17 @@ def check_migrated(engine: Engine) -> None:
         )
 
 
-def quote(bind: Engine | sa.Connection, name: str) -> str:
-    """A safely quoted identifier for the bind's dialect."""
-    return bind.dialect.identifier_preparer.quote_identifier(name)
+def quote(bind: Engine | sa.Connection | None, name: str) -> str:
+    """A safely quoted identifier, exactly the name the database sees (both stores take
+    ANSI double quotes; a quote inside is doubled).
+
+    Unlike SQLAlchemy's preparer for psycopg, a `%` is not doubled: the statements that
+    use this text either run without parameters (DDL, COPY) or through `sa.text`, which
+    escapes it itself. SQL sent to a `%s` driver with parameters doubles it there
+    (`reads.keyset_sql`). A doubled `%` in DDL named a column `rate%%` for `rate%`.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
 
 
 def placeholder(dialect: sa.Dialect) -> str:
