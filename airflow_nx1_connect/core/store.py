@@ -561,7 +561,6 @@ def quote(bind: Engine | sa.Connection | None, name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-
 def placeholder(dialect: sa.Dialect) -> str:
     """The bound-value marker of the dialect's driver, for plain SQL on its own cursor."""
     return "?" if dialect.paramstyle == "qmark" else "%s"

@@ -45,6 +45,8 @@ _flush_with: dict[str, Engine] = {}
 
 def _store_key(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
+
+
 _last_flush = time.monotonic()
 _flusher: threading.Thread | None = None
 

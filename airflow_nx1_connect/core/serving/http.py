@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -84,13 +84,31 @@ class Request:
         return self.headers.get(name.lower())
 
 
+class Pending(Protocol):
+    """An answer that is only known after a wait (`Prefer: wait` on a run): adapters on an
+    event loop await `answer_async` (no thread held while waiting); others call `answer`."""
+
+    def answer(self) -> Response:
+        """Wait (blocking this thread) and return the final response."""
+        ...
+
+    async def answer_async(self) -> Response:
+        """Wait without holding a thread and return the final response."""
+        ...
+
+
 @dataclass
 class Response:
-    """What the adapters send: a status, header pairs and a body (bytes or a byte iterator)."""
+    """What the adapters send: a status, header pairs and a body (bytes or a byte iterator).
+
+    With `pending`, the answer is not ready yet: complete it with `complete` (or
+    `complete_async` on an event loop) before sending.
+    """
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes | Iterator[bytes] = b""
+    pending: Pending | None = None
 
     @property
     def streaming(self) -> bool:
@@ -208,6 +226,18 @@ def refuse_oversized(request: Request) -> None:
             f"The request headers are larger than {MAX_HEADER_BYTES} bytes; send only the "
             "Authorization or X-API-Key header and the usual ones.",
         )
+
+
+def complete(response: Response) -> Response:
+    """The final response: `response` itself, or its pending answer after a blocking wait."""
+    return response.pending.answer() if response.pending is not None else response
+
+
+async def complete_async(response: Response) -> Response:
+    """The final response, waiting (if pending) without holding a thread."""
+    if response.pending is None:
+        return response
+    return await response.pending.answer_async()
 
 
 def close_body(body: bytes | Iterator[bytes]) -> None:
