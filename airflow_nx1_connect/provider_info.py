@@ -13,6 +13,7 @@ _INTEGERS = {
     "max_page_size",
     "max_key_days",
     "default_rate_limit",
+    "read_timeout_s",
 }
 _EXAMPLES = {
     "sql_alchemy_conn": "postgresql+psycopg://user:pass@host:5432/nx1",
@@ -24,6 +25,7 @@ _VERSION_ADDED = {
     "cors_allowed_origins": "0.2.0",
     "default_rate_limit": "0.2.0",
     "rate_limit_storage": "0.2.0",
+    "read_timeout_s": "0.3.0",
 }
 
 

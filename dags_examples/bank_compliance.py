@@ -87,6 +87,8 @@ with DAG(
         sql=COMPLIANCE_SQL,
         write_mode="merge",
         merge_keys=["account_id"],
+        # Never publish an empty or broken review list: fail the run instead.
+        checks={"min_rows": 1, "not_null": ["account_id", "country"], "unique": ["account_id"]},
         description="Per-account 30-day volume, large cash and high-risk counts, KYC flag.",
         question="Which accounts need a compliance review?",
     )

@@ -15,6 +15,33 @@ from pathlib import Path
 
 import httpx
 
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+def api_server_env(home: Path, store_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a test api-server: its own AIRFLOW_HOME, the FAB auth manager
+    (the /pluginsv2 mount needs it), one worker, the snapshot store at `store_url`."""
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": store_url,
+        **extra,
+    }
+
+
+def migrate_airflow(env: dict[str, str]) -> None:
+    """`airflow db migrate` in `env`'s AIRFLOW_HOME (about 8 s)."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now."""

@@ -2,15 +2,21 @@
 
 Each column's Arrow type comes from the one type table (`core.types`, its `arrow` and
 `arrow_value` entries). A whole snapshot is read in keyset batches (as `core.reads` does:
-one short query per batch, no transaction held between them, constant memory), by the
-store's ADBC driver (`adbc-driver-sqlite`, `adbc-driver-postgresql`), which returns each
-batch as Arrow columns without a Python object per value: several times faster than
-reading rows and building arrays from them. Each batch is then brought to the schema's
-types column by column (an Arrow cast, e.g. ISO text to date32, 0/1 to bool).
+one short query per batch, no transaction held between them, constant memory).
 
-Where the driver cannot be used (an in-memory SQLite store, a store it cannot open) or
-cannot read a batch (SQLite values of mixed types in one column), that batch is read as
-rows and converted value by value, with the same result.
+- PostgreSQL: by `adbc-driver-postgresql`, which returns each batch as Arrow columns
+  without a Python object per value (its libpq is linked in statically and exports
+  nothing, so it shares no state with psycopg's). Each batch is then brought to the
+  schema's types column by column (an Arrow cast, e.g. text to timestamp).
+- SQLite: through Python's own `sqlite3`, the connection pool every other read uses, and
+  each column of a batch is built once (`record_batch`: one Arrow array per column, cast
+  by Arrow; no Python loop per value where the stored values already fit). Never a second
+  SQLite library: one that bundles its own SQLite shares the process's POSIX file locks
+  without knowing it, and closing its connection dropped the pool's locks (its copy then
+  checkpointed and deleted the WAL under them, and the store was corrupted).
+
+Where the PostgreSQL driver cannot be used (a store it cannot open) or cannot read a
+batch, that batch is read as rows and converted, with the same result.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -26,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import reads, types
 from airflow_nx1_connect.core.snapshots import Snapshot
-from airflow_nx1_connect.core.store import BATCH_SIZE, CONNECT_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_MS
+from airflow_nx1_connect.core.store import BATCH_SIZE, CONNECT_TIMEOUT_S, read_timeout
 from airflow_nx1_connect.core.types import Column
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,7 @@ _ARROW: dict[str, pa.DataType] = {
 #: What a NUMERIC field's metadata says about its text values.
 NUMERIC_NOTE = "exact decimal as text: the snapshot store keeps no precision for NUMERIC"
 #: Bound-value markers of the ADBC drivers' SQL (after, limit).
-_PLACEHOLDERS = {"sqlite": ("?", "?"), "postgresql": ("$1", "$2")}
+_PLACEHOLDERS = ("$1", "$2")
 #: The `application_name` of the Arrow reader's PostgreSQL sessions (unless the URL sets one).
 APPLICATION_NAME = "nx1-connect-arrow"
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
@@ -66,7 +72,7 @@ def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
 
 def _array(column: Column, values: Sequence[Any], target: pa.DataType) -> pa.Array:
     entry = types.TYPES[column.type]
-    if entry.arrow_value is not None:
+    if entry.arrow_value is not None and not types.keeps_text_of(entry.arrow_value, values):
         fn = entry.arrow_value
         values = [None if v is None else fn(v) for v in values]
     try:  # the stored values already are of the target type (ints, floats, text, ...)
@@ -85,11 +91,14 @@ def _array(column: Column, values: Sequence[Any], target: pa.DataType) -> pa.Arr
 def record_batch(
     columns: Sequence[Column], schema: pa.Schema, rows: Sequence[Sequence[Any]]
 ) -> pa.RecordBatch:
-    """Stored (undecoded) rows as one Arrow record batch of `schema`."""
-    by_column = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    """Stored (undecoded) rows as one Arrow record batch of `schema`.
+
+    Each column's values are taken out of the rows once, at C level (`itemgetter`), and
+    made one Arrow array (transposing with `zip(*rows)` costs several times more).
+    """
     arrays = [
-        _array(column, values, field.type)
-        for column, values, field in zip(columns, by_column, schema, strict=True)
+        _array(column, list(map(itemgetter(i), rows)), field.type)
+        for i, (column, field) in enumerate(zip(columns, schema, strict=True))
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
@@ -134,17 +143,14 @@ def iter_record_batches(
     """The snapshot's rows from `start` as record batches of `arrow_schema(columns)`.
 
     One keyset query per batch (constant memory, no transaction held between batches),
-    read by the store's ADBC driver where it can be; the driver's connection is closed
+    read by the PostgreSQL store's ADBC driver where it can be, else as rows through the
+    store's own connection pool (always on SQLite); the driver's connection is closed
     when the iterator ends or is closed. A snapshot whose table is gone raises
     `SnapshotNotFound` (from the first batch on).
     """
     schema = arrow_schema(columns)
-    sql = reads.keyset_sql(
-        engine.dialect,
-        snapshot.table_name,
-        tuple(c.name for c in columns),
-        _PLACEHOLDERS.get(engine.dialect.name, ("?", "?")),
-    )
+    names = tuple(c.name for c in columns)
+    sql = reads.keyset_sql(engine.dialect, snapshot.table_name, names, _PLACEHOLDERS)
     reader = _DriverReader.open(engine)
     try:
         position, stop = start, snapshot.row_count
@@ -172,13 +178,12 @@ class _DriverReader:
     """One autocommit ADBC connection to the store (its low-level API: no DB-API layer,
     which would import pandas), reading keyset batches as Arrow tables."""
 
-    def __init__(self, database: Any, sqlite: bool) -> None:
+    def __init__(self, database: Any) -> None:
         import adbc_driver_manager as adbc
 
         self._adbc = adbc
         self._database = database
         self._connection = adbc.AdbcConnection(database)  # ADBC connections autocommit
-        self._sqlite = sqlite
 
     @classmethod
     def open(cls, engine: Engine) -> _DriverReader | None:
@@ -186,19 +191,7 @@ class _DriverReader:
         url = engine.url
         backend = url.get_backend_name()
         try:
-            if backend == "sqlite":
-                database = url.database
-                if not database or database == ":memory:" or url.query:
-                    return None
-                import adbc_driver_sqlite
-
-                reader = cls(adbc_driver_sqlite.connect(str(Path(database).expanduser())), True)
-                try:
-                    reader._execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}")
-                except Exception:
-                    reader.close()
-                    raise
-                return reader
+            # SQLite: never (see the module docstring); rows through `sqlite3` instead.
             if backend == "postgresql":
                 import adbc_driver_postgresql
 
@@ -210,7 +203,16 @@ class _DriverReader:
                     {k: v for k, v in defaults.items() if k not in url.query}
                 )
                 uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
-                return cls(adbc_driver_postgresql.connect(uri), False)
+                reader = cls(adbc_driver_postgresql.connect(uri))
+                timeout = read_timeout(engine)
+                if timeout:  # the read engine's bound, as on its own connections
+                    try:
+                        for setting in ("statement_timeout", "lock_timeout"):
+                            reader._execute(f"SET {setting} = {int(timeout * 1000)}")
+                    except Exception:
+                        reader.close()
+                        raise
+                return reader
         except Exception as exc:  # any failure: the row path serves the batches
             log.warning(
                 "Arrow reads of the snapshot store go through rows (slower): its ADBC "
@@ -231,9 +233,6 @@ class _DriverReader:
         """One keyset batch as the driver types it; None if the driver cannot read it."""
         statement = self._adbc.AdbcStatement(self._connection)
         try:
-            if self._sqlite:  # type each column from the whole batch, not its first 1,024
-                # values (a column that starts with NULLs would be typed as integers)
-                statement.set_options(**{"adbc.sqlite.query.batch_rows": str(limit)})
             statement.set_sql_query(sql)
             params = pa.RecordBatch.from_arrays([_int64(after), _int64(limit)], schema=_PARAMS)
             schema_capsule, array_capsule = params.__arrow_c_array__()
@@ -241,8 +240,8 @@ class _DriverReader:
             stream, _ = statement.execute_query()
             return pa.RecordBatchReader.from_stream(stream).read_all()
         except self._adbc.Error as exc:
-            # SQLite values of two types in one column (the driver types a column from the
-            # values it sees), or a table that is gone: the row path reads it (or says so).
+            # A table that is gone, or a value the driver cannot type: the row path reads
+            # it (or says so).
             log.debug("Arrow read of a batch fell back to rows: %s", exc)
             return None
         finally:

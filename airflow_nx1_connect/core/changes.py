@@ -31,7 +31,13 @@ from sqlalchemy.engine import Connection, Engine
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import SnapshotGone, SnapshotNotFound, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, quote, retired_snapshots
+from airflow_nx1_connect.core.store import (
+    BATCH_SIZE,
+    ROW_COLUMN,
+    quote,
+    read_deadline,
+    retired_snapshots,
+)
 from airflow_nx1_connect.core.types import Column
 
 #: The operation column that leads every change row.
@@ -202,7 +208,8 @@ def read_changes(
     with use_bind(bind) as conn:
         sql = sa.text(changes_sql(conn, span, columns))
         try:
-            return [tuple(r) for r in conn.execute(sql, _params(conn, start, limit))]
+            with read_deadline(conn):
+                return [tuple(r) for r in conn.execute(sql, _params(conn, start, limit))]
         except sa.exc.DBAPIError as exc:
             _raise_if_gone(conn, span, exc)
             raise
@@ -227,11 +234,17 @@ def iter_changes(
         sql = sa.text(changes_sql(conn, span, columns))
         streaming = conn.execution_options(stream_results=True, yield_per=batch_size)
         try:
-            result = streaming.execute(sql, _params(conn, start, None))
+            with read_deadline(conn):
+                result = streaming.execute(sql, _params(conn, start, None))
         except sa.exc.DBAPIError as exc:
             _raise_if_gone(conn, span, exc)
             raise
-        for partition in result.partitions(batch_size):
+        partitions = result.partitions(batch_size)
+        while True:
+            with read_deadline(conn):  # each batch within the read bound, not the stream
+                partition = next(partitions, None)
+            if partition is None:
+                return
             yield [tuple(r) for r in partition]
 
 

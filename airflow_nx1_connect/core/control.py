@@ -63,6 +63,7 @@ def data_api_dict(engine: Engine, api: snapshots.DataApi) -> dict[str, Any]:
         "created_at": iso(api.created_at),
         "updated_at": iso(api.updated_at),
         "latest_snapshot": latest,
+        "last_failure": api.last_failure(),
     }
 
 

@@ -52,6 +52,16 @@ class RuleError(Nx1Error):
     """A rule cannot run as written (bad SQL for its kind, bad columns, name clash)."""
 
 
+class ChecksFailed(RuleError):
+    """A rule's publish checks failed on its staged snapshot; nothing was published."""
+
+
+class LatestMoved(Nx1Error):
+    """Another run moved the data API's latest snapshot while an append or merge run built
+    on it (only writers that skip the build lock, e.g. an older version, can cause it);
+    rerunning builds on the new latest."""
+
+
 class AuthError(Nx1Error):
     """A data API key is missing, malformed, unknown, expired or revoked (public: 401).
 

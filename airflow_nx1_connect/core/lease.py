@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -105,3 +106,85 @@ class Lease:
             return True
         finally:
             os.close(fd)
+
+
+#: `pg_advisory_lock(namespace, key)`: the two-key form, so build locks never meet a
+#: lease's one-key lock.
+_BUILD_NAMESPACE = 0x6E7831  # "nx1"
+_local_build_locks: dict[tuple[str, str], threading.Lock] = {}
+_local_build_locks_guard = threading.Lock()
+
+
+class BuildLock:
+    """One build at a time per data API: held by an append or merge run from reading the
+    latest snapshot it builds on until its publish, and by an overwrite run around its
+    publish, so runs that overlap in time publish as if one came after the other.
+
+    Released by the OS or the server if the holder dies, like a `Lease`: a PostgreSQL
+    session advisory lock on a dedicated connection; an flock on a file in the
+    `<store>.nx1-leases` folder; a lock of this process for an in-memory SQLite store.
+    """
+
+    def __init__(self, engine: Engine, data_api: str) -> None:
+        self.engine = engine
+        self.data_api = data_api
+        self._conn: Connection | None = None
+        self._fd: int | None = None
+        self._local: threading.Lock | None = None
+
+    def _key(self) -> int:
+        digest = hashlib.sha256(self.data_api.encode()).digest()[:4]
+        return int.from_bytes(digest, "big", signed=True)
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """Take the lock (waiting for it unless `blocking` is False); True when taken."""
+        if self.engine.dialect.name == "postgresql":
+            conn = self.engine.connect()
+            fn = "pg_advisory_lock" if blocking else "pg_try_advisory_lock"
+            got = conn.execute(
+                sa.text(f"SELECT {fn}(:ns, :k)"), {"ns": _BUILD_NAMESPACE, "k": self._key()}
+            ).scalar()
+            conn.commit()
+            if blocking or got:
+                self._conn = conn
+                return True
+            conn.close()
+            return False
+        folder = Lease._lease_dir(self.engine)
+        if folder is None:
+            with _local_build_locks_guard:
+                lock = _local_build_locks.setdefault(
+                    (str(self.engine.url), self.data_api), threading.Lock()
+                )
+            if not lock.acquire(blocking=blocking):
+                return False
+            self._local = lock
+            return True
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"build-{self.data_api}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let the next run of this data API build."""
+        if self._conn is not None:
+            try:
+                self._conn.execute(
+                    sa.text("SELECT pg_advisory_unlock(:ns, :k)"),
+                    {"ns": _BUILD_NAMESPACE, "k": self._key()},
+                )
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None
+        if self._fd is not None:
+            os.close(self._fd)  # the file stays: unlinking it could split two waiters
+            self._fd = None
+        if self._local is not None:
+            self._local.release()
+            self._local = None

@@ -11,19 +11,34 @@ encoders that write them straight to text, see `core.types`); `read_rows` decode
 
 from __future__ import annotations
 
+import array
 import functools
+import json
+import logging
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import types
-from airflow_nx1_connect.core.errors import SnapshotNotFound, ValidationError
+from airflow_nx1_connect.core.errors import SnapshotNotFound, StoreUnavailable, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, placeholder
+from airflow_nx1_connect.core.store import (
+    BATCH_SIZE,
+    ROW_COLUMN,
+    placeholder,
+    quote,
+    read_deadline,
+    snapshots,
+)
 from airflow_nx1_connect.core.types import Column
+
+log = logging.getLogger(__name__)
 
 #: Filter operators of `where.<column>=<op>.<value>`.
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "like", "in", "is")
@@ -167,18 +182,38 @@ def _condition(table: Any, snapshot: Snapshot, f: Filter, i: int, dialect: str) 
 
 def _query_select(
     snapshot: Snapshot, cols: Sequence[Column], query: RowsQuery, dialect: str
-) -> tuple[sa.Select[Any], Any]:
-    """SELECT cols (then the row number) WHERE filters ORDER BY sort, row number."""
+) -> tuple[sa.Select[Any], Any, list[tuple[SortKey, Any]]]:
+    """SELECT cols, the row number, the sort operands WHERE filters ORDER BY sort, row
+    number; also the table and the sort keys with their operands."""
     table = _snapshot_table(snapshot)
-    select = sa.select(*(table.c[c.name] for c in cols), table.c[ROW_COLUMN])
+    operands = [
+        (key, _operand(table, _family(snapshot, key.column, "sort"), key.column, dialect, True))
+        for key in query.sort
+    ]
+    select = sa.select(
+        *(table.c[c.name] for c in cols), table.c[ROW_COLUMN], *(expr for _, expr in operands)
+    )
     for i, f in enumerate(query.filters):
         select = select.where(_condition(table, snapshot, f, i, dialect))
-    order = []
-    for key in query.sort:
-        family = _family(snapshot, key.column, "sort")
-        expr = _operand(table, family, key.column, dialect, True)
-        order.append((expr.desc() if key.descending else expr.asc()).nulls_last())
-    return select.order_by(*order, table.c[ROW_COLUMN]), table
+    order = [(expr.desc() if key.descending else expr.asc()).nulls_last() for key, expr in operands]
+    return select.order_by(*order, table.c[ROW_COLUMN]), table, operands
+
+
+def _after(table: Any, operands: Sequence[tuple[SortKey, Any]], nulls: Sequence[bool]) -> Any:
+    """Rows that come after a given row in the order (sort keys, NULLs last, then the row
+    number): the keyset continuation of a sorted read. Binds `k<i>` (that row's sort
+    values that are not NULL) and `p_after` (its row number)."""
+    terms, equal = [], []
+    for i, ((key, expr), is_null) in enumerate(zip(operands, nulls, strict=True)):
+        if is_null:  # nothing sorts after NULL but other NULLs (equal), then by row number
+            equal.append(expr.is_(None))
+            continue
+        value: Any = sa.bindparam(f"k{i}")
+        later = expr < value if key.descending else expr > value
+        terms.append(sa.and_(*equal, sa.or_(later, expr.is_(None))))
+        equal.append(expr == value)
+    terms.append(sa.and_(*equal, table.c[ROW_COLUMN] > sa.bindparam("p_after")))
+    return sa.or_(*terms)
 
 
 def check_query(snapshot: Snapshot, query: RowsQuery, dialect: str) -> None:
@@ -196,13 +231,17 @@ def read_query_rows(
     limit: int,
 ) -> list[tuple[Any, ...]]:
     """Rows `start`..`start+limit-1` of the filtered, sorted result, values as stored."""
-    return [r[:-1] for r in _read_query(bind, snapshot, columns, query, start, limit, None)]
+    width = len(columns)
+    return [r[:width] for r in _read_query(bind, snapshot, columns, query, start, limit, None)]
 
 
 #: Compiled query text by shape (dialect, table, columns, filters' columns/ops/value counts,
-#: sort, paging): the SQL of a shape is built and compiled once; values are bound per call.
+#: sort, keyset continuation and which of its sort values are NULL): the SQL of a shape is
+#: built and compiled once; values are bound per call.
 _PLANS: dict[tuple[Any, ...], tuple[str, tuple[str, ...], bool]] = {}
 _MAX_PLANS = 1024
+#: Where a keyset read continues: the last row's number and its sort values.
+After = tuple[int, tuple[Any, ...]]
 
 
 def _plan(
@@ -210,9 +249,16 @@ def _plan(
     snapshot: Snapshot,
     columns: Sequence[Column],
     query: RowsQuery,
-    after: bool,
+    nulls: tuple[bool, ...] | None,
+    *,
+    order_only: bool = False,
 ) -> tuple[str, tuple[str, ...], bool]:
-    """(SQL in the driver's paramstyle, its bind names (in order), positional or not)."""
+    """(SQL in the driver's paramstyle, its bind names (in order), positional or not).
+
+    `nulls`: None for a read from an offset; else a keyset continuation, with which of the
+    last row's sort values are NULL (each pattern is a plan of its own). `order_only`: the
+    row numbers alone, in the result's order.
+    """
     dialect = conn.dialect
     shape = (
         dialect.name,
@@ -224,13 +270,16 @@ def _plan(
             (f.column, f.op, len(f.values), f.values if f.op == "is" else ()) for f in query.filters
         ),
         query.sort,
-        after,
+        nulls,
+        order_only,
     )
     plan = _PLANS.get(shape)
     if plan is None:
-        select, table = _query_select(snapshot, columns, query, dialect.name)
-        if after:
-            select = select.where(table.c[ROW_COLUMN] > sa.bindparam("p_after"))
+        select, table, operands = _query_select(snapshot, columns, query, dialect.name)
+        if order_only:
+            select = select.with_only_columns(table.c[ROW_COLUMN])
+        if nulls is not None:
+            select = select.where(_after(table, operands, nulls))
         # Always an OFFSET bind (0 without one): SQLite renders one with every LIMIT.
         select = select.limit(sa.bindparam("p_limit")).offset(sa.bindparam("p_offset"))
         compiled = select.compile(dialect=dialect)
@@ -251,25 +300,22 @@ def _read_query(
     query: RowsQuery,
     offset: int,
     limit: int,
-    after: int | None,
+    after: After | None,
 ) -> list[tuple[Any, ...]]:
-    """Rows with their row number last; `after` continues a keyset read (no sort only)."""
+    """Rows with their row number and sort operands after the columns; `after` continues
+    a keyset read after that row (then `offset` is 0)."""
     with use_bind(bind) as conn:
         values = _filter_values(snapshot, query, conn.dialect.name)
-        sql, names, positional = _plan(conn, snapshot, columns, query, after is not None)
-        values.update(p_limit=limit, p_offset=offset, p_after=after)
+        nulls = None
+        if after is not None:
+            nulls = tuple(v is None for v in after[1])
+            values.update((f"k{i}", v) for i, v in enumerate(after[1]) if v is not None)
+        sql, names, positional = _plan(conn, snapshot, columns, query, nulls)
+        values.update(p_limit=limit, p_offset=offset, p_after=after[0] if after else None)
         params: Any = (
             tuple(values[n] for n in names) if positional else {n: values[n] for n in names}
         )
-        try:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
-        except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
-            raise _missing_table(snapshot) from exc
+        return _fetch_all(conn, snapshot, sql, params)
 
 
 def iter_query_rows(
@@ -283,21 +329,117 @@ def iter_query_rows(
 ) -> Iterator[list[tuple[Any, ...]]]:
     """The filtered, sorted result from `start` in batches of stored values, constant memory.
 
-    Without a sort, batches after the first continue by keyset on the row number; with a
-    sort, each batch is an OFFSET query. Each batch is its own short query.
+    Without a sort, the first batch starts at offset `start` and each later one continues
+    by keyset after the last row number read. With a sort, the order is computed once:
+    one query sorts the filtered row numbers and they are spooled to a temporary file at
+    the store's speed (8 bytes a row, deleted when the stream ends), then each batch reads
+    its rows by number. A slow client holds no query or transaction open, and no batch
+    sorts or skips the rows before it again (a keyset or OFFSET per batch re-reads and
+    re-sorts what is left: quadratic without an index that gives the order).
     """
+    if query.sort:
+        yield from _sorted_batches(engine, snapshot, columns, query, start, batch_size)
+        return
+    width = len(columns)
     offset, after = start, None
     while True:
         batch = _read_query(engine, snapshot, columns, query, offset, batch_size, after)
         if not batch:
             return
-        yield [r[:-1] for r in batch]
+        yield [r[:width] for r in batch]
         if len(batch) < batch_size:
             return
-        if query.sort:
-            offset += len(batch)
-        else:
-            offset, after = 0, batch[-1][-1]
+        last = batch[-1]
+        offset, after = 0, (last[width], tuple(last[width + 1 :]))
+
+
+def _sorted_batches(
+    engine: Engine,
+    snapshot: Snapshot,
+    columns: Sequence[Column],
+    query: RowsQuery,
+    start: int,
+    batch_size: int,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """`iter_query_rows` with a sort: the order spooled once, then rows by number."""
+    with tempfile.TemporaryFile(prefix="nx1-order-") as spool:
+        _spool_order(engine, snapshot, query, start, batch_size, spool)
+        spool.seek(0)
+        while True:
+            numbers = array.array("q")
+            numbers.frombytes(spool.read(8 * batch_size))
+            if not numbers:
+                return
+            yield _rows_by_number(engine, snapshot, columns, numbers)
+
+
+def _spool_order(
+    engine: Engine,
+    snapshot: Snapshot,
+    query: RowsQuery,
+    start: int,
+    batch_size: int,
+    spool: Any,
+) -> None:
+    """Write the row numbers of the filtered, sorted result from `start` to `spool`."""
+    with engine.connect() as conn:
+        values = _filter_values(snapshot, query, conn.dialect.name)
+        sql, names, positional = _plan(conn, snapshot, (), query, None, order_only=True)
+        values.update(p_limit=-1 if conn.dialect.name == "sqlite" else None, p_offset=start)
+        params: Any = (
+            tuple(values[n] for n in names) if positional else {n: values[n] for n in names}
+        )
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        try:
+            # A server-side cursor on PostgreSQL, so the numbers never sit in memory at once.
+            named = (
+                {"name": f"nx1_order_{uuid.uuid4().hex}"} if conn.dialect.name != "sqlite" else {}
+            )
+            cursor = raw.cursor(**named)
+            try:
+                with read_deadline(conn):
+                    cursor.execute(sql, params)
+                while True:
+                    with read_deadline(conn):
+                        rows = cursor.fetchmany(batch_size)
+                    if not rows:
+                        break
+                    spool.write(array.array("q", map(itemgetter(0), rows)).tobytes())
+            finally:
+                cursor.close()
+        except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+            raise read_failed(conn, snapshot, exc) from exc
+        raw.rollback()
+
+
+def _rows_by_number(
+    engine: Engine, snapshot: Snapshot, columns: Sequence[Column], numbers: array.array[int]
+) -> list[tuple[Any, ...]]:
+    """The rows with these row numbers, in this order, values as stored."""
+    with use_bind(engine) as conn:
+        sql = by_number_sql(conn.dialect, snapshot.table_name, tuple(c.name for c in columns))
+        listed = numbers.tolist()
+        param: Any = json.dumps(listed) if conn.dialect.name == "sqlite" else listed
+        found = {row[-1]: row[:-1] for row in _fetch_all(conn, snapshot, sql, (param,))}
+    return [found[n] for n in listed]
+
+
+def by_number_sql(dialect: sa.Dialect, table: str, names: tuple[str, ...]) -> str:
+    """SELECT names and the row number of `table`'s rows whose numbers are in the one bound
+    list (SQLite: a JSON array, PostgreSQL: an array): primary-key lookups, in any order."""
+    return _by_number_sql(dialect.name, dialect.paramstyle, table, names)
+
+
+@functools.lru_cache(maxsize=512)
+def _by_number_sql(dialect: str, paramstyle: str, table: str, names: tuple[str, ...]) -> str:
+    row = quote(None, ROW_COLUMN)
+    select = "".join(f"{quote(None, n)}, " for n in names)
+    numbers = "IN (SELECT value FROM json_each(?))" if dialect == "sqlite" else "= ANY({numbers})"
+    sql = f"SELECT {select}{row} FROM {quote(None, table)} WHERE {row} {numbers}"
+    if paramstyle in ("format", "pyformat"):
+        sql = sql.replace("%", "%%")
+    return sql.replace("{numbers}", "%s")
 
 
 def read_rows(
@@ -368,39 +510,23 @@ def read_raw_rows(
     """
     with use_bind(bind) as conn:
         sql = keyset_sql(conn.dialect, snapshot.table_name, tuple(c.name for c in columns))
-        try:
-            # The hot path of every page: the driver's own cursor and fetchall, no per-row
-            # Row objects (several times faster than iterating a SQLAlchemy result).
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, (start, limit))
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
-        except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
-            raise _missing_table(snapshot) from exc
+        return _fetch_all(conn, snapshot, sql, (start, limit))
 
 
 @functools.lru_cache(maxsize=512)
-def keyset_sql_text(
-    dialect: str, placeholders: tuple[str, str], table: str, names: tuple[str, ...]
-) -> str:
-    """`SELECT names FROM table WHERE row > ? ORDER BY row LIMIT ?` for `dialect`, with
-    identifiers quoted by its preparer and `placeholders` (after, limit) as the driver
-    writes bound values (`?`, `%s`, `$1`...)."""
-    preparer = _PREPARERS[dialect]
-    row = preparer.quote_identifier(ROW_COLUMN)
-    select = ", ".join(preparer.quote_identifier(n) for n in names)
+def keyset_sql_text(placeholders: tuple[str, str], table: str, names: tuple[str, ...]) -> str:
+    """`SELECT names FROM table WHERE row > ? ORDER BY row LIMIT ?` with identifiers quoted
+    (`store.quote`) and `placeholders` (after, limit) as the driver writes bound values
+    (`?`, `%s`, `$1`...)."""
+    row = quote(None, ROW_COLUMN)
+    select = ", ".join(quote(None, n) for n in names)
     sql = (
-        f"SELECT {select} FROM {preparer.quote_identifier(table)} "
+        f"SELECT {select} FROM {quote(None, table)} "
         f"WHERE {row} > {{after}} ORDER BY {row} LIMIT {{limit}}"
     )
     if "%s" in placeholders:  # format paramstyle: a % in a quoted identifier must be doubled
         sql = sql.replace("%", "%%")
     return sql.replace("{after}", placeholders[0]).replace("{limit}", placeholders[1])
-
-
-_PREPARERS: dict[str, Any] = {}
 
 
 def keyset_sql(
@@ -409,13 +535,12 @@ def keyset_sql(
     names: tuple[str, ...],
     placeholders: tuple[str, str] | None = None,
 ) -> str:
-    """The keyset read of `table` in `dialect` (see `keyset_sql_text`); `placeholders`
-    default to the dialect's driver's own paramstyle."""
-    _PREPARERS.setdefault(dialect.name, dialect.identifier_preparer)
+    """The keyset read of `table` (see `keyset_sql_text`); `placeholders` default to the
+    dialect's driver's own paramstyle."""
     if placeholders is None:
         mark = placeholder(dialect)
         placeholders = (mark, mark)
-    return keyset_sql_text(dialect.name, placeholders, table, names)
+    return keyset_sql_text(placeholders, table, names)
 
 
 def iter_raw_rows(
@@ -430,8 +555,51 @@ def iter_raw_rows(
     return _batches(read_raw_rows, engine, snapshot, columns, start, batch_size)
 
 
-def _missing_table(snapshot: Snapshot) -> SnapshotNotFound:
-    return SnapshotNotFound(
-        f"Snapshot {snapshot.id} of {snapshot.data_api!r} is no longer retained; "
-        "ask for latest again."
+def _fetch_all(conn: Connection, snapshot: Snapshot, sql: str, params: Any) -> list[Any]:
+    """Run a read of `snapshot` on the driver's own cursor (the hot path of every page: no
+    per-row Row objects, several times faster than a SQLAlchemy result), within the read
+    engine's bound; a failure is `read_failed`'s answer."""
+    try:
+        with read_deadline(conn):
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+    except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+        raise read_failed(conn, snapshot, exc) from exc
+
+
+def read_failed(conn: Connection, snapshot: Snapshot, exc: BaseException) -> Exception:
+    """What a failed read of `snapshot` means: SnapshotNotFound (404) only when the
+    catalogue no longer lists it (retention dropped it meanwhile); otherwise the store
+    failed (a timeout, a lock, an outage): StoreUnavailable (503, retry later)."""
+    detail = " ".join(str(getattr(exc, "orig", exc)).split())[:200] or type(exc).__name__
+    try:
+        # The read ran on the driver's own cursor, which SQLAlchemy does not track: roll
+        # back on the driver connection (PostgreSQL refuses anything else after an error).
+        conn.rollback()
+        conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+        listed = (
+            conn.execute(
+                sa.select(snapshots.c.id).where(
+                    snapshots.c.id == snapshot.id,
+                    snapshots.c.data_api == snapshot.data_api,
+                    snapshots.c.status == "published",
+                )
+            ).first()
+            is not None
+        )
+    except Exception:  # the store itself is what fails
+        listed = True
+    if not listed:
+        return SnapshotNotFound(
+            f"Snapshot {snapshot.id} of {snapshot.data_api!r} is no longer retained; "
+            "ask for latest again."
+        )
+    log.warning("Reading snapshot %s of %r failed: %s", snapshot.id, snapshot.data_api, detail)
+    return StoreUnavailable(
+        f"Reading snapshot {snapshot.id} of {snapshot.data_api!r} failed in the snapshot "
+        f"store ({detail}); try again in a few seconds."
     )

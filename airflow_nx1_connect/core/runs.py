@@ -16,6 +16,7 @@ api-server process. Which runs this API requested is kept in the store
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
@@ -207,3 +208,72 @@ def wait_for_run(
             return run
         time.sleep(min(poll, left))
         run = run_status(engine, launcher, name, run.run_id)
+
+
+# ---------------------------------------------------------------------------------------
+# Waiting without a thread: `Prefer: wait` on an event loop
+# ---------------------------------------------------------------------------------------
+
+
+class _Watch:
+    """One poll loop per run and event loop, shared by every request waiting for it."""
+
+    def __init__(self, engine: Engine, launcher: RunLauncher, name: str, run: RunStatus) -> None:
+        self.engine, self.launcher, self.name = engine, launcher, name
+        self.last = run
+        self.waiters = 0
+        self.ended = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def poll(self, every: float) -> None:
+        """Ask for the run's state every `every` seconds (in a thread: the store and
+        Airflow's database are blocking calls) until it ends or nobody waits any more."""
+        while self.waiters > 0:
+            await asyncio.sleep(every)
+            status = await asyncio.to_thread(
+                run_status, self.engine, self.launcher, self.name, self.last.run_id
+            )
+            self.last = status
+            if status.ended:
+                self.ended.set()
+                return
+
+
+_watches: dict[tuple[int, str, str, str], _Watch] = {}
+
+
+async def wait_for_run_async(
+    engine: Engine,
+    launcher: RunLauncher,
+    name: str,
+    run: RunStatus,
+    seconds: float,
+    *,
+    poll: float = POLL_S,
+) -> RunStatus:
+    """`wait_for_run` for an event loop: the waiting holds no thread.
+
+    Requests that wait for the same run share one poll loop (one state query per `poll`
+    seconds, however many wait), run by the event loop; each request only awaits it.
+    """
+    if run.ended:
+        return await asyncio.to_thread(run_status, engine, launcher, name, run.run_id)
+    loop = asyncio.get_running_loop()
+    key = (id(loop), engine.url.render_as_string(hide_password=False), name, run.run_id)
+    watch = _watches.get(key)
+    if watch is None or watch.task is None or watch.task.done():
+        watch = _watches[key] = _Watch(engine, launcher, name, run)
+    watch.waiters += 1
+    if watch.task is None:
+        watch.task = loop.create_task(watch.poll(poll))
+    try:
+        await asyncio.wait_for(watch.ended.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        watch.waiters -= 1
+        if watch.waiters == 0 and _watches.get(key) is watch:
+            del _watches[key]
+            if watch.task is not None and not watch.task.done():
+                watch.task.cancel()
+    return watch.last

@@ -63,6 +63,12 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "Requests per minute allowed to a data API key that sets no rate limit of its own; "
         "0 means no limit.",
     ),
+    "read_timeout_s": (
+        "30",
+        "Seconds a data API read may take in the snapshot store (PostgreSQL statement and "
+        "lock timeout, SQLite progress deadline); a read that exceeds it answers 503 with "
+        "Retry-After.",
+    ),
     "rate_limit_storage": (
         "memory://",
         "Where rate limit counters live: memory:// (per process) or e.g. "
@@ -230,6 +236,7 @@ class Settings:
     cors_allowed_origins: tuple[str, ...] = ()
     default_rate_limit: int = 0
     rate_limit_storage: str = "memory://"
+    read_timeout_s: int = 30
 
 
 def _settings(values: dict[str, str]) -> Settings:
@@ -243,6 +250,7 @@ def _settings(values: dict[str, str]) -> Settings:
         cors_allowed_origins=tuple(dict.fromkeys(o for o in origins if o)),
         default_rate_limit=_whole_number(values, "default_rate_limit", minimum=0),
         rate_limit_storage=values["rate_limit_storage"] or OPTIONS["rate_limit_storage"][0],
+        read_timeout_s=_whole_number(values, "read_timeout_s"),
     )
     if settings.default_page_size > settings.max_page_size:
         raise ConfigError(

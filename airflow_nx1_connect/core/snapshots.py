@@ -24,7 +24,14 @@ from airflow_nx1_connect.core.errors import (
     SnapshotNotFound,
     ValidationError,
 )
-from airflow_nx1_connect.core.store import KINDS, api_keys, data_apis, drop_table, snapshots
+from airflow_nx1_connect.core.store import (
+    KINDS,
+    api_keys,
+    data_apis,
+    empty_trash,
+    retire_table,
+    snapshots,
+)
 from airflow_nx1_connect.core.types import Column
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -53,6 +60,20 @@ class DataApi:
     latest_snapshot_id: str | None
     key_columns: list[str] = field(default_factory=list)
     index_columns: list[str] = field(default_factory=list)
+    last_failure_run_id: str | None = None
+    last_failure_at: dt.datetime | None = None
+    last_failure_detail: str | None = None
+
+    def last_failure(self) -> dict[str, Any] | None:
+        """The last failed run `{"run_id", "at", "detail"}`, or None when the last run
+        published (or none failed)."""
+        if self.last_failure_at is None:
+            return None
+        return {
+            "run_id": self.last_failure_run_id,
+            "at": iso(self.last_failure_at),
+            "detail": self.last_failure_detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -241,8 +262,8 @@ def delete_data_api(engine: Engine, name: str) -> None:
         conn.execute(api_keys.delete().where(api_keys.c.data_api == name))
         conn.execute(snapshots.delete().where(snapshots.c.data_api == name))
         conn.execute(data_apis.delete().where(data_apis.c.name == name))
-        for table in tables:
-            drop_table(conn, table)
+        trash = [t for t in (retire_table(conn, table) for table in tables) if t]
+    empty_trash(engine, trash)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import fcntl
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,10 @@ data_apis = sa.Table(
     # rule asks to index; both as given by the rule's operator (JSON lists).
     sa.Column("key_columns", sa.JSON, nullable=True),
     sa.Column("index_columns", sa.JSON, nullable=True),
+    # The last run that failed (its error, one line), cleared by every publish.
+    sa.Column("last_failure_run_id", sa.String(250), nullable=True),
+    sa.Column("last_failure_at", UTCDateTime, nullable=True),
+    sa.Column("last_failure_detail", sa.Text, nullable=True),
     sa.CheckConstraint("kind IN ('ask', 'engineer')", name="kind"),
 )
 
@@ -223,14 +228,27 @@ retired_snapshots = sa.Table(
 # Engines
 # ---------------------------------------------------------------------------------------
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, float | None], Engine] = {}
 _engines_lock = threading.Lock()
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    import sqlite3
+
     cur = dbapi_conn.cursor()
     try:
-        cur.execute("PRAGMA journal_mode=WAL")
+        # Turning a new database to WAL needs it alone for a moment; SQLite answers "locked"
+        # at once (no busy handler: it could deadlock) when two processes open a new store
+        # together, e.g. two `db migrate`s: try again until the busy timeout.
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -238,7 +256,122 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
-def create_store_engine(url: str) -> Engine:
+#: The statements before which the sqlite3 module starts a transaction (and DDL).
+_SQLITE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+#: How often a SQLite write waiting for the write lock tries again.
+SQLITE_LOCK_POLL_S = 0.001
+#: SQLite's WAL size (pages) that makes a committing connection checkpoint (its default).
+SQLITE_AUTOCHECKPOINT = 1000
+
+
+def _on_sqlite_execute(conn: sa.Connection, cursor: Any, statement: str, *_args: Any) -> None:
+    """Take SQLite's write lock before the first write of a transaction, polling often.
+
+    SQLite's own busy handler sleeps up to 100 ms between tries, so a short write (an
+    admin action) waiting behind a long run's batch inserts only gets in when a try
+    happens to fall between two batches: seconds, at times. Here the write transaction
+    starts with BEGIN IMMEDIATE, tried every millisecond until the busy timeout, so it
+    gets in at the first gap between batches (see `core.writer`).
+    """
+    raw = conn.connection.driver_connection
+    if raw is None or raw.in_transaction:
+        return
+    if not statement.lstrip()[:7].upper().startswith(_SQLITE_WRITES):
+        return
+    take_sqlite_write_lock(raw)
+
+
+def take_sqlite_write_lock(
+    raw: Any, timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, *, busy_timeout_off: bool = False
+) -> None:
+    """BEGIN IMMEDIATE on a sqlite3 connection, tried every SQLITE_LOCK_POLL_S until
+    `timeout_ms`; raises sqlite3's "database is locked" after that. `busy_timeout_off`:
+    the connection's busy timeout is 0 already (a bulk writer sets it once)."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    if not busy_timeout_off:
+        raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_POLL_S)
+    finally:
+        if not busy_timeout_off:
+            raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+
+
+#: Execution option of a read engine (`get_engine(..., read_timeout_s=...)`): its bound.
+READ_TIMEOUT_OPTION = "nx1_read_timeout_s"
+#: Key of a SQLite read connection's deadline holder in its pool record's `info`.
+READ_DEADLINE = "nx1_read_deadline"
+#: SQLite virtual machine steps between two checks of a read's deadline.
+_PROGRESS_STEPS = 1000
+
+
+def _on_read_connect(timeout_s: float) -> Any:
+    """A `connect` listener that bounds the reads of a read engine's connections."""
+    ms = int(timeout_s * 1000)
+
+    def on_connect(dbapi_conn: Any, record: Any) -> None:
+        if _is_sqlite3(dbapi_conn):
+            # Reads set holder[0] to their deadline (`read_deadline`); past it, SQLite
+            # interrupts the statement ("interrupted").
+            holder = record.info[READ_DEADLINE] = [0.0]
+
+            def past_deadline() -> int:
+                return 1 if holder[0] and time.monotonic() > holder[0] else 0
+
+            dbapi_conn.set_progress_handler(past_deadline, _PROGRESS_STEPS)
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {ms}")
+            return
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"SET statement_timeout = {ms}")
+            cur.execute(f"SET lock_timeout = {ms}")
+        finally:
+            cur.close()
+        dbapi_conn.commit()  # session settings outlive the pool's rollbacks once committed
+
+    return on_connect
+
+
+def _is_sqlite3(dbapi_conn: Any) -> bool:
+    import sqlite3
+
+    return isinstance(dbapi_conn, sqlite3.Connection)
+
+
+@contextmanager
+def read_deadline(conn: sa.Connection) -> Iterator[None]:
+    """While inside, a SQLite read on `conn` (of a read engine) stops at its deadline.
+
+    PostgreSQL read engines bound every statement on their own (`statement_timeout`);
+    engines without a read timeout bound nothing.
+    """
+    holder = conn.connection.info.get(READ_DEADLINE)
+    timeout = conn.get_execution_options().get(READ_TIMEOUT_OPTION)
+    if holder is None or not timeout:
+        yield
+        return
+    holder[0] = time.monotonic() + timeout
+    try:
+        yield
+    finally:
+        holder[0] = 0.0
+
+
+def read_timeout(bind: Engine | sa.Connection) -> float | None:
+    """The read bound of a read engine (or its connection), None for other engines."""
+    return bind.get_execution_options().get(READ_TIMEOUT_OPTION)
+
+
+def create_store_engine(url: str, *, read_timeout_s: float | None = None) -> Engine:
     """A new engine for a store URL, with a bounded connect timeout.
 
     SQLite: WAL mode, a busy timeout and foreign keys on every connection (its folder is
@@ -260,23 +393,35 @@ def create_store_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         kwargs["pool_pre_ping"] = True
         kwargs["pool_timeout"] = CONNECT_TIMEOUT_S
+    if read_timeout_s:
+        kwargs["execution_options"] = {READ_TIMEOUT_OPTION: read_timeout_s}
     # Bound values (key hashes, snapshot rows) never appear in SQL logs or error messages.
     engine = sa.create_engine(parsed, hide_parameters=True, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "before_cursor_execute", _on_sqlite_execute)
+    if read_timeout_s:
+        event.listen(engine, "connect", _on_read_connect(read_timeout_s))
     return engine
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The shared engine for `url` (default: the configured store), created on first use."""
+def get_engine(url: str | None = None, *, read_timeout_s: float | None = None) -> Engine:
+    """The shared engine for `url` (default: the configured store), created on first use.
+
+    With `read_timeout_s`, the data API's read engine: a pool of its own whose statements
+    are bounded (PostgreSQL `statement_timeout` and `lock_timeout`; SQLite a progress
+    deadline while `read_deadline` is entered). Writers use the plain engine: a rule's bulk
+    load must never be cut short.
+    """
     if url is None:
         from airflow_nx1_connect.core.settings import get_settings
 
         url = get_settings().sql_alchemy_conn
+    key = (url, read_timeout_s or None)
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
-            engine = _engines[url] = create_store_engine(url)
+            engine = _engines[key] = create_store_engine(url, read_timeout_s=read_timeout_s)
         return engine
 
 
@@ -404,9 +549,16 @@ def check_migrated(engine: Engine) -> None:
         )
 
 
-def quote(bind: Engine | sa.Connection, name: str) -> str:
-    """A safely quoted identifier for the bind's dialect."""
-    return bind.dialect.identifier_preparer.quote_identifier(name)
+def quote(bind: Engine | sa.Connection | None, name: str) -> str:
+    """A safely quoted identifier, exactly the name the database sees (both stores take
+    ANSI double quotes; a quote inside is doubled).
+
+    Unlike SQLAlchemy's preparer for psycopg, a `%` is not doubled: the statements that
+    use this text either run without parameters (DDL, COPY) or through `sa.text`, which
+    escapes it itself. SQL sent to a `%s` driver with parameters doubles it there
+    (`reads.keyset_sql`). A doubled `%` in DDL named a column `rate%%` for `rate%`.
+    """
+    return '"' + name.replace('"', '""') + '"'
 
 
 def placeholder(dialect: sa.Dialect) -> str:
@@ -417,3 +569,66 @@ def placeholder(dialect: sa.Dialect) -> str:
 def drop_table(conn: sa.Connection, table: str) -> None:
     """Drop a snapshot table if it exists."""
     conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote(conn, table)}"))
+
+
+#: Rows deleted per SQLite transaction when a snapshot table is dropped.
+DROP_CHUNK = 20_000
+#: SQLite: a snapshot table set aside to be emptied and dropped (see `retire_table`).
+TRASH_PREFIX = "nx1_trash_"
+
+
+def retire_table(conn: sa.Connection, table: str) -> str | None:
+    """Take a snapshot table out of service inside the caller's transaction.
+
+    PostgreSQL: dropped at once (its DROP is quick). SQLite: renamed to `nx1_trash_...`
+    (quick, and a read that started before sees "no such table", never a half-emptied
+    table); returns the new name, for `empty_trash` after the commit. A DROP TABLE would
+    free every page under SQLite's one write lock (1.4 s for 5 million rows here).
+    """
+    if conn.dialect.name != "sqlite":
+        drop_table(conn, table)
+        return None
+    exists = conn.execute(
+        sa.text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": table}
+    ).first()
+    if exists is None:
+        return None
+    trash = TRASH_PREFIX + table.removeprefix(TABLE_PREFIX)
+    conn.execute(sa.text(f"ALTER TABLE {quote(conn, table)} RENAME TO {quote(conn, trash)}"))
+    return trash
+
+
+def empty_trash(engine: Engine, tables: list[str] | None = None) -> None:
+    """Drop SQLite trash tables (`tables`, or every one left by a process that died): the
+    rows first, DROP_CHUNK per short transaction, then the empty table."""
+    if engine.dialect.name != "sqlite":
+        return
+    if tables is None:
+        with engine.connect() as conn:
+            tables = list(
+                conn.execute(
+                    sa.text(
+                        "SELECT name FROM sqlite_master "
+                        "WHERE type = 'table' AND substr(name, 1, :n) = :p"
+                    ),
+                    {"n": len(TRASH_PREFIX), "p": TRASH_PREFIX},
+                ).scalars()
+            )
+    for table in tables:
+        name, row = quote(engine, table), quote(engine, ROW_COLUMN)
+        with engine.connect() as conn:
+            try:
+                top = conn.execute(sa.text(f"SELECT MAX({row}) FROM {name}")).scalar() or 0
+            except sa.exc.OperationalError as exc:
+                if "no such table" in str(exc.orig):
+                    continue
+                raise
+            conn.rollback()
+            while top > 0:
+                with conn.begin():
+                    conn.execute(
+                        sa.text(f"DELETE FROM {name} WHERE {row} > :lo"), {"lo": top - DROP_CHUNK}
+                    )
+                top -= DROP_CHUNK
+            with conn.begin():
+                drop_table(conn, table)

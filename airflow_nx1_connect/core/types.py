@@ -35,7 +35,7 @@ import decimal
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -264,6 +264,12 @@ assert all(fn in _KEEPS_TEXT for t in TYPES.values() for fn in t.store.values() 
 assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 
 
+def keeps_text_of(fn: Convert, values: Iterable[Any]) -> bool:
+    """True when converter `fn` would return `values` unchanged: it leaves text as it is
+    and they are all text or NULL (checked at C level, no Python loop per value)."""
+    return fn in _KEEPS_TEXT and set(map(type, values)) <= _TEXT_OR_NULL
+
+
 def sql_type(family: str, dialect: str) -> str:
     """The SQL type of a column of `family` in a store of `dialect`."""
     return TYPES[family].sql[dialect]
@@ -298,11 +304,7 @@ def convert_columns(
     """
     if not todo or not rows:
         return rows
-    needed = [
-        (i, fn)
-        for i, fn in todo
-        if fn not in _KEEPS_TEXT or not set(map(type, map(itemgetter(i), rows))) <= _TEXT_OR_NULL
-    ]
+    needed = [(i, fn) for i, fn in todo if not keeps_text_of(fn, map(itemgetter(i), rows))]
     if not needed:
         return rows
     columns: list[Sequence[Any]] = list(zip(*rows, strict=True))

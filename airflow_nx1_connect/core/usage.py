@@ -37,7 +37,16 @@ FLUSH_EVERY_S = 5.0
 _Counts = Counter[tuple[str, dt.date]]
 _lock = threading.Lock()
 _flush_lock = threading.Lock()
-_pending: dict[Engine, _Counts] = {}
+#: Pending counts per store (its URL: the data API's read engine and the admin side's
+#: engine of one store share them), and an engine of that store to flush them with.
+_pending: dict[str, _Counts] = {}
+_flush_with: dict[str, Engine] = {}
+
+
+def _store_key(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
 _last_flush = time.monotonic()
 _flusher: threading.Thread | None = None
 
@@ -47,10 +56,12 @@ def record(engine: Engine, key_id: str) -> None:
     global _flusher, _last_flush
     day = utcnow().date()
     start: threading.Thread | None = None
+    store = _store_key(engine)
     with _lock:
-        counts = _pending.get(engine)
+        counts = _pending.get(store)
         if counts is None:
-            counts = _pending[engine] = Counter()
+            counts = _pending[store] = Counter()
+            _flush_with.setdefault(store, engine)
         counts[(key_id, day)] += 1
         now = time.monotonic()
         if now - _last_flush >= FLUSH_EVERY_S and (_flusher is None or not _flusher.is_alive()):
@@ -63,7 +74,7 @@ def record(engine: Engine, key_id: str) -> None:
 def pending(engine: Engine) -> _Counts:
     """A copy of this process's counts for `engine` not yet flushed."""
     with _lock:
-        return Counter(_pending.get(engine, ()))
+        return Counter(_pending.get(_store_key(engine), ()))
 
 
 def flush(*, at_exit: bool = False) -> None:
@@ -73,11 +84,11 @@ def flush(*, at_exit: bool = False) -> None:
     """
     with _flush_lock:
         with _lock:
-            taken = {engine: counts for engine, counts in _pending.items() if counts}
+            taken = {store: counts for store, counts in _pending.items() if counts}
             _pending.clear()
-        for engine, counts in taken.items():
+        for store, counts in taken.items():
             try:
-                _write(engine, counts)
+                _write(_flush_with[store], counts)
             except Exception as exc:  # the store is down: keep the counts for the next flush
                 log.log(
                     logging.DEBUG if at_exit else logging.WARNING,
@@ -85,7 +96,7 @@ def flush(*, at_exit: bool = False) -> None:
                     type(exc).__name__,
                 )
                 with _lock:
-                    _pending.setdefault(engine, Counter()).update(counts)
+                    _pending.setdefault(store, Counter()).update(counts)
 
 
 def _upsert(engine: Engine, rows: list[dict[str, object]]) -> sa.Executable:

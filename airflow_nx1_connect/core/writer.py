@@ -5,15 +5,25 @@
 1. removes what killed runs of this data API left behind (`cleanup_abandoned`), once;
 2. commits a `writing` record and takes its lease (`core.lease`), which dies with the
    process;
-3. creates and fills the snapshot's own table `nx1_snap_<id>` in one transaction
-   (batched `executemany` on SQLite, `COPY` on PostgreSQL: `core.pg_copy`);
-4. publishes it: one short transaction marks it `published` and moves the data API's
-   latest pointer;
-5. applies retention (published snapshots beyond `snapshot_retention` are dropped).
+3. an `append` or `merge` run takes the data API's build lock (`lease.BuildLock`) and reads
+   the latest snapshot it builds on; the lock is held until its publish, so runs that
+   overlap in time publish as if one came after the other (every run's rows are kept);
+4. creates and fills the snapshot's own table `nx1_snap_<id>`: on PostgreSQL in one
+   transaction (`COPY`: `core.pg_copy`); on SQLite in short transactions of one batch each
+   (indexes made before the rows), so no write holds SQLite's one write lock for longer
+   than a batch and admin actions never wait for a whole run (the `writing` status keeps
+   the half-built table out of sight);
+5. runs the rule's publish checks (`core.checks`) on the staged table, in SQL;
+6. publishes it: one short transaction marks it `published` and moves the data API's
+   latest pointer; `overwrite`: only if its `data_interval_end` is not older than the
+   latest's (a backfill is published and retained, but does not replace fresher data);
+   `append` / `merge`: always, and only if the latest is still the one it built on;
+7. applies retention (published snapshots beyond `snapshot_retention` are dropped).
 
-A failing run drops its table and marks the record `failed`; the latest snapshot is
-unchanged. A killed run leaves a `writing` record whose lease is free; the next run of
-that data API (or `nx1-connect db migrate`) removes it.
+A failing run (or failed checks) drops its table and records the failure on the data API
+(`last_failure`, cleared by the next publish); the latest snapshot is unchanged. A killed
+run leaves a `writing` record whose lease is free; the next run of that data API (or
+`nx1-connect db migrate`) removes it.
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_nx1_connect.core import checks as publish_checks
 from airflow_nx1_connect.core import types
 from airflow_nx1_connect.core.clock import utcnow
-from airflow_nx1_connect.core.errors import RuleError, SnapshotNotFound
-from airflow_nx1_connect.core.lease import Lease
+from airflow_nx1_connect.core.errors import ChecksFailed, LatestMoved, RuleError, SnapshotNotFound
+from airflow_nx1_connect.core.lease import BuildLock, Lease
 from airflow_nx1_connect.core.pg_copy import copy_rows
 from airflow_nx1_connect.core.snapshots import (
     Snapshot,
@@ -42,12 +53,16 @@ from airflow_nx1_connect.core.snapshots import (
 )
 from airflow_nx1_connect.core.store import (
     ROW_COLUMN,
+    SQLITE_AUTOCHECKPOINT,
+    SQLITE_BUSY_TIMEOUT_MS,
     TABLE_PREFIX,
     data_apis,
-    drop_table,
+    empty_trash,
     quote,
+    retire_table,
     retired_snapshots,
     snapshots,
+    take_sqlite_write_lock,
 )
 from airflow_nx1_connect.core.types import Column
 
@@ -55,6 +70,8 @@ log = logging.getLogger(__name__)
 
 WRITE_MODES = ("overwrite", "append", "merge")
 PROGRESS_EVERY_S = 5.0
+#: Rows of a previous snapshot copied per SQLite transaction (append, merge).
+COPY_CHUNK = 20_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,14 +134,16 @@ def cleanup_abandoned(engine: Engine, data_api: str | None = None) -> int:
         if not Lease.is_abandoned(engine, snapshot_id):
             continue
         with engine.begin() as conn:
-            drop_table(conn, table)
+            trash = retire_table(conn, table)
             conn.execute(
                 snapshots.delete().where(
                     snapshots.c.id == snapshot_id, snapshots.c.status == "writing"
                 )
             )
+        empty_trash(engine, [trash] if trash else [])
         log.info("Removed snapshot %s left half-written by a run that was killed.", snapshot_id)
         removed += 1
+    empty_trash(engine)  # what a process that died while dropping tables left
     return removed
 
 
@@ -162,16 +181,18 @@ def write_snapshot(
     merge_keys: Sequence[str] | None = None,
     key_columns: Sequence[str] | None = None,
     index_columns: Sequence[str] | None = None,
+    checks: publish_checks.Checks | None = None,
     retention: int = 5,
     logger: logging.Logger | None = None,
 ) -> Snapshot:
     """Write one complete snapshot of `data_api` from row batches and publish it.
 
     `batches` is consumed once, lazily (a source cursor's `fetchmany` loop), so memory
-    stays flat whatever the row count. On any error the half snapshot is dropped, its
-    record marked `failed`, the error re-raised, and the latest snapshot is unchanged.
-    `key_columns` (for merge: `merge_keys`) identify a row; they and `index_columns` get
-    indexes after the bulk load, before the publish.
+    stays flat whatever the row count. On any error (failed `checks` included: a
+    ChecksFailed naming each one) the half snapshot is dropped, the failure recorded on
+    the data API, the error re-raised, and the latest snapshot is unchanged. `key_columns`
+    (for merge: `merge_keys`) identify a row; they and `index_columns` get indexes before
+    the publish. See the module docstring for overlapping runs and backfills.
     """
     logger = logger or log
     if write_mode not in WRITE_MODES:
@@ -194,15 +215,9 @@ def write_snapshot(
                 f"{what} must be columns of the result; {', '.join(unknown)} is not. "
                 f"The result has {', '.join(names)}."
             )
+    if checks is not None:
+        publish_checks.check_columns(checks, names)
     cleanup_abandoned(engine, data_api)
-    previous: Snapshot | None = None
-    if write_mode in ("append", "merge"):
-        try:
-            previous = latest_snapshot(engine, data_api)
-        except SnapshotNotFound:
-            previous = None
-        if previous is not None:
-            _check_same_shape(previous, columns, write_mode)
 
     snapshot_id = uuid.uuid4().hex
     table = TABLE_PREFIX + snapshot_id
@@ -226,18 +241,23 @@ def write_snapshot(
         )
     lease = Lease(engine, snapshot_id)
     lease.acquire()
+    build = BuildLock(engine, data_api)
     try:
+        previous: Snapshot | None = None
+        if write_mode in ("append", "merge"):
+            _take(build, data_api, logger)
+            previous = _latest_or_none(engine, data_api)
+            if previous is not None:
+                _check_same_shape(previous, columns, write_mode)
         progress = _Progress(logger)
+        fill = _Fill(table, columns, keys, index_columns or [], previous, write_mode, merge_keys)
         with engine.connect() as conn:
             if conn.dialect.name == "sqlite":
-                row_count = _fill_sqlite(
-                    conn, table, columns, batches, previous, write_mode, merge_keys, progress
-                )
+                row_count = _fill_sqlite(conn, fill, batches, progress)
             else:
-                row_count = _fill_postgres(
-                    conn, table, columns, batches, previous, write_mode, merge_keys, progress
-                )
-        _build_indexes(engine, table, keys, index_columns or [])
+                row_count = _fill_postgres(conn, fill, batches, progress)
+        if engine.dialect.name != "sqlite":
+            _build_indexes(engine, table, keys, index_columns or [])
         elapsed = time.monotonic() - progress.started
         logger.info(
             "Snapshot %s written: %d rows in %.2f s (%.0f rows/s)",
@@ -246,35 +266,114 @@ def write_snapshot(
             elapsed,
             row_count / max(elapsed, 1e-9),
         )
-        published = _publish(engine, snapshot_id, data_api, row_count)
+        if write_mode == "overwrite":
+            _take(build, data_api, logger)
+        if checks is not None:
+            _run_checks(engine, data_api, table, checks, row_count, previous, write_mode)
+        published, moved = _publish(engine, snapshot_id, data_api, row_count, write_mode, previous)
     except BaseException as exc:
-        _mark_failed(engine, snapshot_id, table, exc)
+        _mark_failed(engine, snapshot_id, table, data_api, run_id, exc)
         raise
     finally:
+        build.release()
         lease.release()
+    if not moved:
+        logger.info(
+            "Snapshot %s (data interval ending %s) is published and retained, but the latest "
+            "snapshot of %r has a newer data interval and stays latest (a backfill).",
+            snapshot_id,
+            data_interval_end,
+            data_api,
+        )
     apply_retention(engine, data_api, retention)
     return published
+
+
+def _take(build: BuildLock, data_api: str, logger: logging.Logger) -> None:
+    """Take the data API's build lock, saying so when another run holds it."""
+    if not build.acquire(blocking=False):
+        logger.info(
+            "Another run of data API %r is publishing; waiting for it, so that this run "
+            "builds on its snapshot.",
+            data_api,
+        )
+        build.acquire()
+
+
+def _latest_or_none(engine: Engine, data_api: str) -> Snapshot | None:
+    try:
+        return latest_snapshot(engine, data_api)
+    except SnapshotNotFound:
+        return None
+
+
+def _run_checks(
+    engine: Engine,
+    data_api: str,
+    table: str,
+    checks: publish_checks.Checks,
+    row_count: int,
+    previous: Snapshot | None,
+    write_mode: str,
+) -> None:
+    """Raise ChecksFailed naming each failed check and its measured value."""
+    if write_mode == "overwrite":
+        previous = _latest_or_none(engine, data_api)
+    with engine.connect() as conn:
+        failures = publish_checks.run(
+            conn,
+            table,
+            checks,
+            row_count=row_count,
+            previous_row_count=previous.row_count if previous is not None else None,
+        )
+    if failures:
+        raise ChecksFailed(
+            f"Publish checks failed for data API {data_api!r}, so nothing was published and "
+            f"the latest snapshot is unchanged: {'; '.join(str(f) for f in failures)}."
+        )
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """What one run writes into its table: the table, the result's columns, the indexes,
+    and the previous snapshot it builds on (append, merge)."""
+
+    table: str
+    columns: Sequence[Column]
+    key_columns: Sequence[str]
+    index_columns: Sequence[str]
+    previous: Snapshot | None
+    mode: str
+    merge_keys: Sequence[str] | None
+
+
+def _index_statements(
+    bind: Engine | Connection, table: str, key_columns: Sequence[str], index_columns: Sequence[str]
+) -> list[str]:
+    """CREATE INDEX of the key columns (one index) and of each index column."""
+    statements = []
+    if key_columns:
+        statements.append(_index_sql(bind, table, table + "_mk", key_columns))
+    for position, column in enumerate(dict.fromkeys(index_columns)):
+        if list(key_columns[:1]) == [column] and len(key_columns) == 1:
+            continue  # the key index already is this index
+        statements.append(_index_sql(bind, table, f"{table}_i{position}", [column]))
+    return statements
 
 
 def _build_indexes(
     engine: Engine, table: str, key_columns: Sequence[str], index_columns: Sequence[str]
 ) -> None:
-    """Index the key columns (one index) and each index column, so filters on them are
-    index lookups. Runs after the bulk load and before the publish."""
-    statements = []
-    if key_columns:
-        statements.append(_index_sql(engine, table, table + "_mk", key_columns))
-    for position, column in enumerate(dict.fromkeys(index_columns)):
-        if list(key_columns[:1]) == [column] and len(key_columns) == 1:
-            continue  # the key index already is this index
-        statements.append(_index_sql(engine, table, f"{table}_i{position}", [column]))
+    """Index the key columns and each index column after a PostgreSQL bulk load, so
+    filters on them are index lookups; then ANALYZE."""
+    statements = _index_statements(engine, table, key_columns, index_columns)
     if not statements:
         return
     with engine.begin() as conn:
         for sql in statements:
             conn.execute(sa.text(sql))
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text(f"ANALYZE {quote(conn, table)}"))
+        conn.execute(sa.text(f"ANALYZE {quote(conn, table)}"))
 
 
 def _index_sql(bind: Engine | Connection, table: str, name: str, columns: Sequence[str]) -> str:
@@ -292,115 +391,147 @@ def _check_same_shape(previous: Snapshot, columns: Sequence[Column], mode: str) 
         )
 
 
-def _previous_rows_sql(
-    conn: Connection,
-    target: str,
-    columns: Sequence[Column],
-    previous: Snapshot,
-    mode: str,
-    merge_keys: Sequence[str] | None,
-) -> str:
-    cols = ", ".join(quote(conn, c.name) for c in columns)
-    prev = quote(conn, previous.table_name)
+def _previous_rows_sql(conn: Connection, fill: _Fill, previous: Snapshot, ranged: bool) -> str:
+    """INSERT the previous snapshot's rows (merge: those whose keys the new rows lack), in
+    their order; `ranged`: only those with row numbers in (:lo, :hi]."""
+    cols = ", ".join(quote(conn, c.name) for c in fill.columns)
+    target = quote(conn, fill.table)
     row = quote(conn, ROW_COLUMN)
-    sql = f"INSERT INTO {quote(conn, target)} ({cols}) SELECT {cols} FROM {prev} AS p"
-    if mode == "merge":
+    source = quote(conn, previous.table_name)
+    sql = f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} AS p"
+    where = []
+    if ranged:  # SQLite's placeholders
+        where.append(f"p.{row} > ? AND p.{row} <= ?")
+    if fill.mode == "merge":
         same = " IS " if conn.dialect.name == "sqlite" else " IS NOT DISTINCT FROM "
         cond = " AND ".join(
-            f"n.{quote(conn, k)}{same}p.{quote(conn, k)}" for k in (merge_keys or [])
+            f"n.{quote(conn, k)}{same}p.{quote(conn, k)}" for k in (fill.merge_keys or [])
         )
-        sql += f" WHERE NOT EXISTS (SELECT 1 FROM {quote(conn, target)} AS n WHERE {cond})"
+        where.append(f"NOT EXISTS (SELECT 1 FROM {target} AS n WHERE {cond})")
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     return sql + f" ORDER BY p.{row}"
-
-
-def _merge_index_sql(conn: Connection, table: str, merge_keys: Sequence[str]) -> str:
-    return _index_sql(conn, table, table + "_mk", merge_keys)
 
 
 def _fill_sqlite(
     conn: Connection,
-    table: str,
-    columns: Sequence[Column],
+    fill: _Fill,
     batches: Iterable[Sequence[Sequence[Any]]],
-    previous: Snapshot | None,
-    mode: str,
-    merge_keys: Sequence[str] | None,
     progress: _Progress,
 ) -> int:
+    """Create and fill the table in transactions of one batch each; the row count.
+
+    SQLite has one write lock per database: each transaction holds it for one batch's
+    insert only (the next batch is read from the source and converted outside it), so
+    admin actions and other runs' catalogue writes get in between batches. Indexes are
+    made before the rows for the same reason (a CREATE INDEX after the load would hold
+    the lock for the whole table).
+    """
     raw = conn.connection.driver_connection
     assert raw is not None
-    encoders = types.converters(columns, "store", "sqlite")
+    encoders = types.converters(fill.columns, "store", "sqlite")
     insert = (
-        f"INSERT INTO {quote(conn, table)} ({', '.join(quote(conn, c.name) for c in columns)}) "
-        f"VALUES ({', '.join('?' for _ in columns)})"
+        f"INSERT INTO {quote(conn, fill.table)} "
+        f"({', '.join(quote(conn, c.name) for c in fill.columns)}) "
+        f"VALUES ({', '.join('?' for _ in fill.columns)})"
     )
     cur = raw.cursor()
+
+    def transaction(sql: str, params: Any = (), many: bool = False) -> int:
+        take_sqlite_write_lock(raw, busy_timeout_off=True)
+        try:
+            if many:
+                cur.executemany(sql, params)
+            else:
+                cur.execute(sql, params)
+            changed = max(cur.rowcount, 0)
+            cur.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.rollback()
+            raise
+        return changed
+
+    def copy_previous(previous: Snapshot) -> int:
+        sql = _previous_rows_sql(conn, fill, previous, ranged=True)
+        copied, low, last = 0, 0, int(previous.row_count or 0)
+        while low < last:
+            copied += transaction(sql, (low, low + COPY_CHUNK))
+            low += COPY_CHUNK
+        return copied
+
+    # For the fill: no busy handler (the lock is polled, see take_sqlite_write_lock), and
+    # a checkpoint every ~40 MB of WAL instead of every 4 MB (a checkpoint per few batch
+    # commits cost about a sixth of the write's time).
+    cur.execute("PRAGMA busy_timeout = 0")
+    cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT * 10}")
     try:
+        take_sqlite_write_lock(raw, busy_timeout_off=True)
+        cur.execute(_create_table_sql(conn, fill.table, fill.columns))
+        # (A merge's key columns are its merge keys: their index serves the merge too.)
+        for sql in _index_statements(conn, fill.table, fill.key_columns, fill.index_columns):
+            cur.execute(sql)
+        cur.execute("COMMIT")
         count = 0
-        cur.execute("BEGIN IMMEDIATE")
-        cur.execute(_create_table_sql(conn, table, columns))
-        if previous is not None and mode == "append":
-            cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
-            count += max(cur.rowcount, 0)
+        if fill.previous is not None and fill.mode == "append":
+            count += copy_previous(fill.previous)
         for batch in batches:
             if batch:
-                cur.executemany(insert, types.convert_columns(batch, encoders))
+                transaction(insert, types.convert_columns(batch, encoders), many=True)
                 count += len(batch)
                 progress.add(len(batch))
-        if previous is not None and mode == "merge":
-            cur.execute(_merge_index_sql(conn, table, merge_keys or []))
-            cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
-            count += max(cur.rowcount, 0)
-        cur.execute("COMMIT")
+        if fill.previous is not None and fill.mode == "merge":
+            count += copy_previous(fill.previous)
     except BaseException:
         if raw.in_transaction:
             raw.rollback()
         raise
     finally:
+        cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT}")
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.close()
     return int(count)
 
 
 def _fill_postgres(
     conn: Connection,
-    table: str,
-    columns: Sequence[Column],
+    fill: _Fill,
     batches: Iterable[Sequence[Sequence[Any]]],
-    previous: Snapshot | None,
-    mode: str,
-    merge_keys: Sequence[str] | None,
     progress: _Progress,
 ) -> int:
+    """Create and fill the table in one transaction (`COPY`); the row count. PostgreSQL
+    lets every other writer and reader go on meanwhile."""
     raw = conn.connection.driver_connection
     assert raw is not None
-    encoders = types.converters(columns, "store", "postgresql")
+    encoders = types.converters(fill.columns, "store", "postgresql")
+    table, previous = fill.table, fill.previous
     # The row number is sent by the client (no per-row sequence call in the server).
-    cols = ", ".join(quote(conn, n) for n in [ROW_COLUMN, *(c.name for c in columns)])
+    cols = ", ".join(quote(conn, n) for n in [ROW_COLUMN, *(c.name for c in fill.columns)])
     count = 0
     try:
         with raw.cursor() as cur:
-            cur.execute(_create_table_sql(conn, table, columns))
-            if previous is not None and mode == "append":
-                cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
+            cur.execute(_create_table_sql(conn, table, fill.columns))
+            if previous is not None and fill.mode == "append":
+                cur.execute(_previous_rows_sql(conn, fill, previous, ranged=False))
                 count += max(cur.rowcount, 0)
             count += copy_rows(
                 cur,
                 f"COPY {quote(conn, table)} ({cols}) FROM STDIN",
-                columns,
+                fill.columns,
                 (types.convert_columns(batch, encoders) for batch in batches if batch),
                 count + 1,
                 progress.add,
             )
-            if previous is not None and mode == "merge":
+            if previous is not None and fill.mode == "merge":
                 if count:
                     # Previous rows get identity numbers after the ones sent explicitly.
                     cur.execute(
                         "SELECT setval(pg_get_serial_sequence(%s, %s), %s)",
                         (quote(conn, table), ROW_COLUMN, count),
                     )
-                cur.execute(_merge_index_sql(conn, table, merge_keys or []))
+                cur.execute(_index_sql(conn, table, table + "_mk", fill.merge_keys or []))
                 cur.execute(f"ANALYZE {quote(conn, table)}")
-                cur.execute(_previous_rows_sql(conn, table, columns, previous, mode, merge_keys))
+                cur.execute(_previous_rows_sql(conn, fill, previous, ranged=False))
                 count += max(cur.rowcount, 0)
             cur.execute(
                 f"ALTER TABLE {quote(conn, table)} ADD PRIMARY KEY ({quote(conn, ROW_COLUMN)})"
@@ -412,36 +543,123 @@ def _fill_postgres(
     return count
 
 
-def _publish(engine: Engine, snapshot_id: str, data_api: str, row_count: int) -> Snapshot:
-    """Mark the snapshot published and make it the latest, in one short transaction."""
+def _publish(
+    engine: Engine,
+    snapshot_id: str,
+    data_api: str,
+    row_count: int,
+    write_mode: str,
+    previous: Snapshot | None,
+) -> tuple[Snapshot, bool]:
+    """Mark the snapshot published and, where it is the newest, the latest: one short
+    transaction. Returns (the snapshot, whether it became the latest).
+
+    The data API's row is written first (a no-op), which takes its row lock (PostgreSQL)
+    or the write lock (SQLite) before the latest pointer is read: a compare-and-swap.
+    """
     now = utcnow()
     with engine.begin() as conn:
+        current = _lock_data_api(conn, data_api)
+        if current is None:
+            raise RuleError(
+                f"Data API {data_api!r} was deleted while this run wrote its snapshot; "
+                "nothing was published. Run the task again to register it anew."
+            )
+        latest_id = current[0]
+        if write_mode == "overwrite":
+            moved = _newer_than_latest(conn, snapshot_id, latest_id)
+        else:
+            expected = previous.id if previous is not None else None
+            if latest_id != expected:
+                raise LatestMoved(
+                    f"The latest snapshot of {data_api!r} changed while this {write_mode} run "
+                    f"built on {expected or 'nothing'} (now {latest_id}); nothing was "
+                    "published. Retry the task: it builds on the new latest snapshot."
+                )
+            moved = True
         conn.execute(
             snapshots.update()
             .where(snapshots.c.id == snapshot_id)
             .values(status="published", published_at=now, row_count=row_count)
         )
-        conn.execute(
-            data_apis.update()
-            .where(data_apis.c.name == data_api)
-            .values(latest_snapshot_id=snapshot_id, updated_at=now)
-        )
+        values: dict[str, Any] = {
+            "updated_at": now,
+            "last_failure_run_id": None,
+            "last_failure_at": None,
+            "last_failure_detail": None,
+        }
+        if moved:
+            values["latest_snapshot_id"] = snapshot_id
+        conn.execute(data_apis.update().where(data_apis.c.name == data_api).values(**values))
         row = conn.execute(sa.select(snapshots).where(snapshots.c.id == snapshot_id)).one()
-    return snapshot_from_row(row)
+    return snapshot_from_row(row), moved
 
 
-def _mark_failed(engine: Engine, snapshot_id: str, table: str, exc: BaseException) -> None:
+def _lock_data_api(conn: Connection, data_api: str) -> Any:
+    """A no-op write of the data API's row, returning (its latest snapshot id,), or None
+    when there is no such data API: it holds the row lock (PostgreSQL) or the write lock
+    (SQLite) until the transaction ends, so the latest pointer read is the one written."""
+    return conn.execute(
+        data_apis.update()
+        .where(data_apis.c.name == data_api)
+        .values(latest_snapshot_id=data_apis.c.latest_snapshot_id)
+        .returning(data_apis.c.latest_snapshot_id)
+    ).first()
+
+
+def _newer_than_latest(conn: Connection, snapshot_id: str, latest_id: str | None) -> bool:
+    """True unless both have a data interval and this snapshot's ends before the latest's
+    (a tie: the later publish wins; without an interval, the later publish wins)."""
+    if latest_id is None:
+        return True
+    ends = dict(
+        conn.execute(
+            sa.select(snapshots.c.id, snapshots.c.data_interval_end).where(
+                snapshots.c.id.in_([snapshot_id, latest_id])
+            )
+        ).all()
+    )
+    mine, theirs = ends.get(snapshot_id), ends.get(latest_id)
+    return mine is None or theirs is None or mine >= theirs
+
+
+def _mark_failed(
+    engine: Engine,
+    snapshot_id: str,
+    table: str,
+    data_api: str,
+    run_id: str | None,
+    exc: BaseException,
+) -> None:
+    """Drop the half-written table, mark its record failed (failed checks: remove it, so
+    nothing of the run stays), and record the failure on the data API."""
     message = (str(exc).strip() or type(exc).__name__)[:2000]
     try:
         with engine.begin() as conn:
-            drop_table(conn, table)
-            conn.execute(
-                snapshots.update()
-                .where(snapshots.c.id == snapshot_id, snapshots.c.status == "writing")
-                .values(status="failed", error=message)
-            )
+            trash = retire_table(conn, table)
+            mine = sa.and_(snapshots.c.id == snapshot_id, snapshots.c.status == "writing")
+            if isinstance(exc, ChecksFailed):
+                conn.execute(snapshots.delete().where(mine))
+            else:
+                conn.execute(snapshots.update().where(mine).values(status="failed", error=message))
+        empty_trash(engine, [trash] if trash else [])
+        record_failure(engine, data_api, run_id, message)
     except Exception:  # the store itself may be what failed; cleanup_abandoned finishes later
         log.warning("Could not mark snapshot %s failed; it will be cleaned up later.", snapshot_id)
+
+
+def record_failure(engine: Engine, data_api: str, run_id: str | None, detail: str) -> None:
+    """Remember a failed run of `data_api` (`last_failure`) until its next publish."""
+    with engine.begin() as conn:
+        conn.execute(
+            data_apis.update()
+            .where(data_apis.c.name == data_api)
+            .values(
+                last_failure_run_id=run_id,
+                last_failure_at=utcnow(),
+                last_failure_detail=(detail.strip() or "The run failed.")[:2000],
+            )
+        )
 
 
 def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
@@ -454,18 +672,13 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         # A no-op write first (returning the latest id): it takes the data API's row lock
         # (PostgreSQL) or the write lock (SQLite) before anything is read, so concurrent
         # passes run one after the other and each snapshot is dropped and retired once.
-        latest_id = conn.execute(
-            data_apis.update()
-            .where(data_apis.c.name == data_api)
-            .values(latest_snapshot_id=data_apis.c.latest_snapshot_id)
-            .returning(data_apis.c.latest_snapshot_id)
-        ).scalar()
+        locked = _lock_data_api(conn, data_api)
+        latest_id = locked[0] if locked is not None else None
         published = list_snapshots(conn, data_api)
         doomed = [s for s in published[keep:] if s.id != latest_id]
         # Failed records carry no table; keep only the newest few for diagnosis.
         failed = list_snapshots(conn, data_api, statuses=("failed",))[keep:]
-        for s in doomed:
-            drop_table(conn, s.table_name)
+        trash = [t for t in (retire_table(conn, s.table_name) for s in doomed) if t]
         if doomed:
             # Remembered so that the change feed can tell "no longer retained" (410).
             now = utcnow()
@@ -484,6 +697,7 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
         ids = [s.id for s in doomed + failed]
         if ids:
             conn.execute(snapshots.delete().where(snapshots.c.id.in_(ids)))
+    empty_trash(engine, trash)
     return len(doomed)
 
 

@@ -1,6 +1,6 @@
 """Ask and Engineer rule operators: run a rule's SQL on a source, publish one snapshot.
 
-Both are thin adapters over `core.snapshots`: they read the source through the
+Both are thin adapters over `core.writer`: they read the source through the
 Connection's common.sql `DbApiHook` with a `fetchmany` cursor (a server-side cursor on
 PostgreSQL, an unbuffered streaming one on MySQL/MariaDB), hand the batches to
 `write_snapshot` as a generator (memory stays flat whatever the row count), and return
@@ -23,6 +23,7 @@ from airflow.sdk import Asset, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from sqlalchemy.engine import Engine
 
+from airflow_nx1_connect.core import checks as publish_checks
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core import store, writer
 from airflow_nx1_connect.core.clock import iso
@@ -149,10 +150,12 @@ class _RuleOperator(BaseOperator):
         merge_keys: Sequence[str] | str | None = None,
         key_columns: Sequence[str] | str | None = None,
         index_columns: Sequence[str] | str | None = None,
+        checks: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         try:
             snaps.validate_name(data_api)
+            publish_checks.parse(checks)
         except ValidationError as exc:
             raise ValueError(str(exc)) from None
         if not isinstance(conn_id, str) or not conn_id.strip():
@@ -202,6 +205,7 @@ class _RuleOperator(BaseOperator):
         self.merge_keys = keys or None
         self.key_columns = key_cols or None
         self.index_columns = index_cols or None
+        self.checks = dict(checks) if checks is not None else None
 
     # -- hooks for the subclasses -------------------------------------------------------
 
@@ -243,21 +247,13 @@ class _RuleOperator(BaseOperator):
         except Exception as exc:
             raise self._store_error(engine, exc) from exc
 
-        hook = self.get_db_hook()
         try:
-            conn = hook.get_conn()
-        except Exception as exc:
-            raise AirflowException(
-                f"Cannot connect to the source database of Connection {self.conn_id!r}: "
-                f"{_first_line(exc)}"
-            ) from exc
-        try:
-            snapshot = self._run(
-                engine, hook, conn, statements, context, retention=settings.snapshot_retention
+            snapshot = self._connect_and_run(
+                engine, statements, context, settings.snapshot_retention
             )
-        finally:
-            with suppress(Exception):
-                conn.close()
+        except BaseException as exc:
+            self._record_failure(engine, context, exc)
+            raise
         summary = {
             "snapshot_id": snapshot.id,
             "data_api": self.data_api,
@@ -275,6 +271,32 @@ class _RuleOperator(BaseOperator):
             snapshot.row_count,
         )
         return summary
+
+    def _connect_and_run(
+        self, engine: Engine, statements: list[str], context: Any, retention: int
+    ) -> snaps.Snapshot:
+        hook = self.get_db_hook()
+        try:
+            conn = hook.get_conn()
+        except Exception as exc:
+            raise AirflowException(
+                f"Cannot connect to the source database of Connection {self.conn_id!r}: "
+                f"{_first_line(exc)}"
+            ) from exc
+        try:
+            return self._run(engine, hook, conn, statements, context, retention=retention)
+        finally:
+            with suppress(Exception):
+                conn.close()
+
+    def _record_failure(self, engine: Engine, context: Any, exc: BaseException) -> None:
+        """Show the failed run on the data API (`last_failure`) until its next publish."""
+        ti = context["ti"]
+        run_id = context.get("run_id") or getattr(ti, "run_id", None)
+        try:
+            writer.record_failure(engine, self.data_api, run_id, _first_line(exc))
+        except Exception:  # the store may be what failed; the task's own error says why
+            self.log.warning("Could not record the failed run on data API %r.", self.data_api)
 
     @staticmethod
     def _store_error(engine: Engine, exc: Exception) -> Exception:
@@ -358,6 +380,7 @@ class _RuleOperator(BaseOperator):
                 merge_keys=self.merge_keys,
                 key_columns=self.key_columns,
                 index_columns=self.index_columns,
+                checks=publish_checks.parse(self.checks),
                 retention=retention,
                 logger=self.log,  # type: ignore[arg-type]
             )
@@ -545,6 +568,10 @@ class AskRuleOperator(_RuleOperator):
     :param question: the business question the query answers.
     :param key_columns: result columns that identify a row (change feed; indexed).
     :param index_columns: result columns to index, so filters on them are index lookups.
+    :param checks: publish checks run on the staged snapshot before it is published, e.g.
+        `{"min_rows": 1, "not_null": ["product"], "max_row_change": 0.5}` (keys `min_rows`,
+        `max_rows`, `not_null`, `unique`, `max_row_change`); a failing one fails the task
+        and nothing is published.
 
     Anything but a single read-only query fails the task before the source is touched.
     """
@@ -600,6 +627,8 @@ class EngineerRuleOperator(_RuleOperator):
     :param key_columns: result columns that identify a row (change feed; indexed); for
         `merge`, leave it out (the merge keys are the key columns).
     :param index_columns: result columns to index, so filters on them are index lookups.
+    :param checks: publish checks run on the staged snapshot before it is published, e.g.
+        `{"min_rows": 1, "unique": ["account_id"]}` (see AskRuleOperator).
     :param description: what the data API serves.
     :param question: the business question it answers, if any.
     """

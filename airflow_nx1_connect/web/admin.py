@@ -348,7 +348,7 @@ class Nx1ConnectView(BaseView):
         newest = max(newer, key=lambda s: s.created_at, default=None)
         if newest is not None and newest.status == "writing":
             return "refreshing"
-        if newest is not None and newest.status == "failed":
+        if api.last_failure_at is not None or (newest is not None and newest.status == "failed"):
             return "last run failed"
         return "live" if latest is not None else "no snapshot yet"
 

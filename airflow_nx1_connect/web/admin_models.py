@@ -57,6 +57,14 @@ class RotateKeyBody(_Body):
     overlap_hours: int | None = Field(default=None, ge=0, description="Default 24.")
 
 
+class LastFailure(BaseModel):
+    """A failed run of a data API's rule: nothing was published, the latest is unchanged."""
+
+    run_id: str | None = Field(description="The Airflow run id.")
+    at: dt.datetime = Field(description="When the run failed (UTC).")
+    detail: str = Field(description="Why: failed publish checks, the database's error, ...")
+
+
 class AdminDataApi(BaseModel):
     """A data API as `nx1-connect apis list --json` prints it."""
 
@@ -70,6 +78,9 @@ class AdminDataApi(BaseModel):
     created_at: dt.datetime
     updated_at: dt.datetime
     latest_snapshot: SnapshotSummary | None
+    last_failure: LastFailure | None = Field(
+        description="The last failed run of the rule; null when its last run published."
+    )
 
 
 class Usage(BaseModel):

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response as FastAPIResponse
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_nx1_connect.core import serving
@@ -119,7 +120,7 @@ _CACHE_HEADERS = {
         "schema": {"type": "string"},
     },
     "Cache-Control": {
-        "description": "`public, max-age=31536000, immutable` on a snapshot's own URL; "
+        "description": "`private, max-age=31536000, immutable` on a snapshot's own URL; "
         "a short max-age elsewhere.",
         "schema": {"type": "string"},
     },
@@ -405,16 +406,26 @@ def create_app() -> FastAPI:
                 )
 
             return snapshot_view
-        if "{run_id}" in serving.ROUTES[endpoint]:
-
-            def run_view(request: Request, name: str, run_id: str) -> FastAPIResponse:
-                return _send(
-                    serving.handle(
-                        endpoint, _request(request), name=name, run_id=run_id, launcher=launcher
-                    )
+        if endpoint in _RUN_ROUTES:
+            # Async: a `Prefer: wait` is awaited on the event loop (serving.complete_async),
+            # never in a worker thread that Airflow's own routes need too.
+            async def answer(request: Request, **params: Any) -> FastAPIResponse:
+                response = await run_in_threadpool(
+                    serving.handle, endpoint, _request(request), launcher=launcher, **params
                 )
+                return _send(await serving.complete_async(response))
 
-            return run_view
+            if "{run_id}" in serving.ROUTES[endpoint]:
+
+                async def run_view(request: Request, name: str, run_id: str) -> FastAPIResponse:
+                    return await answer(request, name=name, run_id=run_id)
+
+                return run_view
+
+            async def runs_view(request: Request, name: str) -> FastAPIResponse:
+                return await answer(request, name=name)
+
+            return runs_view
 
         def view(request: Request, name: str) -> FastAPIResponse:
             return _send(serving.handle(endpoint, _request(request), name=name, launcher=launcher))

@@ -53,7 +53,10 @@ def _send(response: serving.Response) -> FlaskResponse:
 
 
 def _route(endpoint: str, **params: Any) -> FlaskResponse:
-    return _send(serving.handle(endpoint, _request(), launcher=launcher, **params))
+    # A `Prefer: wait` on a run waits here only when this blueprint is called without the
+    # plugin's root middleware, which hands those requests to the FastAPI app (web.streams).
+    response = serving.handle(endpoint, _request(), launcher=launcher, **params)
+    return _send(serving.complete(response))
 
 
 def _add(rule: str, endpoint: str) -> None:

@@ -1,7 +1,9 @@
-"""Reading a snapshot straight into Arrow (`core.arrow`), on real SQLite and PostgreSQL.
+"""Reading a snapshot into Arrow (`core.arrow`), on real SQLite and PostgreSQL.
 
-The driver's read (ADBC) must give exactly the record batches the row path gives, batch
-by batch, hold nothing open between batches, and close its connection when closed.
+On PostgreSQL the driver's read (ADBC) must give exactly the record batches the row path
+gives, batch by batch, hold nothing open between batches, and close its connection when
+closed. On SQLite no second SQLite library is ever opened: the batches come through
+`sqlite3`, and an Arrow read leaves the store whole and current for this process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import decimal
 import logging
 import os
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -89,12 +93,15 @@ def by_rows(engine: sa.Engine, snapshot: snaps.Snapshot, start: int = 0) -> pa.T
 
 
 @pytest.mark.parametrize("start", [0, 9_999, 25_000])
-def test_driver_read_equals_the_row_path(
+def test_arrow_read_equals_the_row_path(
     start: int, engine: sa.Engine, snapshot: snaps.Snapshot, caplog: pytest.LogCaptureFixture
 ) -> None:
     reader = arrow._DriverReader.open(engine)
-    assert reader is not None, "the store's ADBC driver must be used on this store"
-    reader.close()
+    if engine.dialect.name == "postgresql":
+        assert reader is not None, "the store's ADBC driver must be used on PostgreSQL"
+        reader.close()
+    else:
+        assert reader is None, "no second SQLite library may open a SQLite store"
     caplog.set_level(logging.DEBUG, logger="airflow_nx1_connect.core.arrow")
 
     batches = list(arrow.iter_record_batches(engine, snapshot, COLUMNS, start=start))
@@ -124,18 +131,22 @@ def test_driver_read_equals_the_row_path(
 
 def test_no_lock_held_between_batches(engine: sa.Engine, snapshot: snaps.Snapshot) -> None:
     """A paused stream (a slow client) holds no transaction: the table can be dropped
-    (retention) at once, and the stream then says the snapshot is gone."""
+    (retention: its record and its table) at once, and the stream then says the snapshot
+    is gone."""
     batches = arrow.iter_record_batches(engine, snapshot, COLUMNS)
     assert next(batches).num_rows == 10_000
     drop = f'DROP TABLE "{snapshot.table_name}"'
+    forget = f"DELETE FROM nx1_snapshots WHERE id = '{snapshot.id}'"
     if engine.dialect.name == "sqlite":
         with closing(sqlite3.connect(engine.url.database, timeout=2)) as conn, conn:
+            conn.execute(forget)
             conn.execute(drop)
     else:
         schema = engine.url.query["options"].split("=", 1)[1]
-        with psycopg.connect(pg_admin_url(), autocommit=True) as conn:
+        with psycopg.connect(pg_admin_url()) as conn:
             conn.execute("SET lock_timeout = '2s'")
             conn.execute(f'SET search_path = "{schema}"')
+            conn.execute(forget)
             conn.execute(drop)
     with pytest.raises(SnapshotNotFound, match="no longer retained"):
         next(batches)
@@ -164,18 +175,69 @@ def _target(fd: Path) -> str | None:
 def test_closing_the_stream_closes_the_driver_connection(
     engine: sa.Engine, snapshot: snaps.Snapshot
 ) -> None:
+    """PostgreSQL: the reader's own session ends with the stream. SQLite: the stream opens
+    nothing of its own (its batches come from the pool every read uses)."""
+    reads.read_raw_rows(engine, snapshot, COLUMNS, start=0, limit=1)  # the pool's connection
     before = open_store_files(engine)
     batches = arrow.iter_record_batches(engine, snapshot, COLUMNS)
     next(batches)
-    assert open_store_files(engine) > before  # SQLite: the driver's database and connection
+    if engine.dialect.name == "postgresql":
+        assert open_store_files(engine) > before
+    else:
+        assert open_store_files(engine) == before
     batches.close()
     assert open_store_files(engine) == before
+
+
+_PUBLISH = """
+import sys
+from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core.types import Column
+engine = store.create_store_engine(sys.argv[1])
+snapshot = writer.write_snapshot(
+    engine, data_api="wide", columns=[Column("id", "INTEGER")], batches=[[(1,), (2,)]]
+)
+print(snapshot.id)
+"""
+
+
+def publish_from_another_process(url: str) -> str:
+    """Publish a snapshot of `wide` from a separate Python process; its id."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PUBLISH, url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_an_arrow_read_leaves_the_store_whole_and_current(
+    engine: sa.Engine, snapshot: snaps.Snapshot
+) -> None:
+    """Issue 22, defect 1: after a whole-snapshot Arrow read in this process, a publish
+    from another process is seen as `latest`, and the store file is intact. With a second
+    SQLite library (ADBC's) in the process, the read closed its connection, which dropped
+    the pool's POSIX locks; ADBC's copy deleted the WAL under them: `latest` stayed the
+    old id here, later reads failed as "malformed" and integrity_check failed."""
+    url = engine.url.render_as_string(hide_password=False)
+    first = publish_from_another_process(url)
+    assert snaps.latest_snapshot(engine, "wide").id == first
+    latest = snaps.latest_snapshot(engine, "wide")
+    read = arrow.iter_record_batches(engine, latest, snaps.resolve_columns(latest, None))
+    assert sum(b.num_rows for b in read) == 2
+    second = publish_from_another_process(url)
+    assert snaps.latest_snapshot(engine, "wide").id == second
+    # This process's own writes still land in the store, and the file is whole.
+    writer.apply_retention(engine, "wide", 1)
+    assert [s.id for s in snaps.list_snapshots(engine, "wide")] == [second]
+    if engine.dialect.name == "sqlite":
+        with closing(sqlite3.connect(engine.url.database)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_without_the_driver_the_same_batches_come_from_rows(
     engine: sa.Engine, snapshot: snaps.Snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A store the driver cannot open (e.g. in-memory SQLite) is read as rows instead."""
+    """A store the driver cannot open is read as rows instead, with the same batches."""
     assert arrow._DriverReader.open(sa.create_engine("sqlite://")) is None
     fast = list(arrow.iter_record_batches(engine, snapshot, COLUMNS, start=5))
     monkeypatch.setattr(arrow._DriverReader, "open", classmethod(lambda _cls, _engine: None))

@@ -262,3 +262,39 @@ def test_postgres_values_of_another_type_are_parsed_as_their_text(engine):
             engine, data_api="sales", columns=columns, batches=[[(1, True, day, 10**400, 1)]]
         )
     assert snaps.latest_snapshot(engine, "sales").id == snap.id
+
+
+def test_column_names_with_percent_and_quotes_work_everywhere(engine):
+    """Names such as `rate%` or `a "b"` are the table's real column names on both stores
+    (PostgreSQL DDL once doubled the %, making `rate%%`), and every read finds them:
+    pages, filters, sorts, sorted streams, Arrow, the change feed."""
+    from airflow_nx1_connect.core import arrow, changes
+
+    _register(engine)
+    names = ["rate%", 'a "b"', "x%%y", "Ünï code"]
+    columns = [
+        snaps.Column(names[0], "INTEGER"),
+        snaps.Column(names[1], "TEXT"),
+        snaps.Column(names[2], "REAL"),
+        snaps.Column(names[3], "TEXT"),
+    ]
+    rows = [(i, f"t{i}", i / 2, None if i % 3 else "é") for i in range(1, 26)]
+    first = _write(engine, rows, columns=columns, key_columns=["rate%"], index_columns=["x%%y"])
+    table_columns = [c["name"] for c in sa.inspect(engine).get_columns(first.table_name)]
+    assert table_columns[1:] == names
+    cols = snaps.resolve_columns(first, None)
+    assert reads.read_raw_rows(engine, first, cols, start=0, limit=3) == rows[:3]
+    query = reads.RowsQuery(
+        filters=(reads.Filter("rate%", "gt", ("5",)), reads.Filter("x%%y", "lt", ("10",))),
+        sort=(reads.SortKey("rate%", True),),
+    )
+    expected = sorted((r for r in rows if r[0] > 5 and r[2] < 10), reverse=True)
+    assert reads.read_query_rows(engine, first, cols, query, start=0, limit=100) == expected
+    streamed = reads.iter_query_rows(engine, first, cols, query, batch_size=4)
+    assert [r for batch in streamed for r in batch] == expected
+    batches = list(arrow.iter_record_batches(engine, first, cols))
+    assert batches[0].column(0).to_pylist() == [r[0] for r in rows]
+    second = _write(engine, rows[1:], columns=columns, key_columns=["rate%"])
+    span = changes.resolve(engine, "sales", first.id, second.id)
+    feed = changes.read_changes(engine, span, changes.feed_columns(span), start=0, limit=10)
+    assert feed == [("delete", *rows[0])]

@@ -19,10 +19,10 @@ import hypothesis
 import pytest
 import schemathesis
 
+from airflow_nx1_connect.core import checks, writer
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import writer
-from airflow_nx1_connect.core.errors import RuleError
+from airflow_nx1_connect.core.errors import ChecksFailed, RuleError
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 PASSWORD = "s3cret-pass"
@@ -182,6 +182,39 @@ def test_a_viewer_is_refused_on_every_path(
 # ---------------------------------------------------------------------------------------
 # Data APIs
 # ---------------------------------------------------------------------------------------
+
+
+def test_a_data_api_shows_its_last_failed_run(
+    client: Any, store: dict[str, Any], tokens: dict[str, str]
+) -> None:
+    """`last_failure` is null while the last run published; after failed publish checks it
+    is {"run_id", "at", "detail"} (and latest is unchanged); the next publish clears it."""
+    admin = auth(tokens["admin"])
+    one = client.get(f"{ADMIN}/data-apis/sales", headers=admin).json()
+    assert one["last_failure"] is None
+    latest = one["latest_snapshot"]["id"]
+    with pytest.raises(ChecksFailed):
+        writer.write_snapshot(
+            store["engine"],
+            data_api="sales",
+            columns=[snaps.Column("id", "INTEGER")],
+            batches=[[(1,), (1,)]],
+            run_id="manual__1",
+            checks=checks.parse({"unique": ["id"], "max_rows": 1}),
+        )
+    one = client.get(f"{ADMIN}/data-apis/sales", headers=admin).json()
+    failure = one["last_failure"]
+    assert set(failure) == {"run_id", "at", "detail"} and failure["run_id"] == "manual__1"
+    assert "max_rows: 2 rows, at most 1 allowed" in failure["detail"]
+    assert "unique: 1 duplicate rows" in failure["detail"]
+    assert dt.datetime.fromisoformat(failure["at"]) <= dt.datetime.now(dt.timezone.utc)
+    assert one["latest_snapshot"]["id"] == latest
+    listed = client.get(f"{ADMIN}/data-apis", headers=admin).json()
+    assert [a["last_failure"] for a in listed if a["name"] == "sales"] == [failure]
+    writer.write_snapshot(
+        store["engine"], data_api="sales", columns=[snaps.Column("id", "INTEGER")], batches=[[(3,)]]
+    )
+    assert client.get(f"{ADMIN}/data-apis/sales", headers=admin).json()["last_failure"] is None
 
 
 def test_create_a_data_api_ahead_of_its_first_run(

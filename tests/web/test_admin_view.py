@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import audit, writer
+from airflow_nx1_connect.core import audit, checks, writer
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core.errors import DataApiNotFound, KeyNotFound
+from airflow_nx1_connect.core.errors import ChecksFailed, DataApiNotFound, KeyNotFound
 from airflow_nx1_connect.core.store import api_keys, key_usage
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
@@ -258,6 +258,35 @@ def test_preview_shows_latest_rows(clients: dict[str, Any], store: dict[str, Any
     assert "null" in preview  # the Croissant's missing units
     assert "Which product sold most this week?" in page.text
     assert clients["admin"].get(f"{BASE}/data-apis/no_such_api/").status_code == 404
+
+
+def test_data_api_page_shows_the_last_failed_run(
+    clients: dict[str, Any], store: dict[str, Any]
+) -> None:
+    """Failed publish checks: the page says the last run failed, which run, and why; the
+    latest snapshot is still previewed. The next publish clears it."""
+    engine = store["engine"]
+    columns = [snaps.Column("product", "TEXT"), snaps.Column("units", "INTEGER")]
+    with pytest.raises(ChecksFailed):
+        writer.write_snapshot(
+            engine,
+            data_api="weekly_top_product",
+            columns=columns,
+            batches=[],
+            run_id="scheduled__2",
+            checks=checks.parse({"min_rows": 1}),
+        )
+    page = clients["asker"].get(f"{BASE}/data-apis/weekly_top_product/")
+    assert page.status_code == 200
+    failure = re.search(r'<div[^>]*id="nx1-last-failure".*?</div>', page.text, re.S).group(0)
+    assert "scheduled__2" in failure and "min_rows: 0 rows, at least 1 required" in failure
+    assert "last run failed" in page.text
+    assert "Espresso" in page.text  # the latest snapshot is still served and previewed
+    writer.write_snapshot(
+        engine, data_api="weekly_top_product", columns=columns, batches=[[("Tea", 1)]]
+    )
+    page = clients["asker"].get(f"{BASE}/data-apis/weekly_top_product/")
+    assert 'id="nx1-last-failure"' not in page.text and "last run failed" not in page.text
 
 
 # ---------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_both_mounts_stream_csv_and_meta(server: Server) -> None:
             f"{server.url}{mount}/data-apis/sales/snapshots/{server.snapshot_id}?limit=1",
             headers={**headers, "If-None-Match": r.headers["etag"]},
         )
-        assert own.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert own.headers["cache-control"] == "private, max-age=31536000, immutable"
     assert bodies[0] == bodies[1]
 
 

@@ -32,7 +32,7 @@ from tests.web.conftest import (
 )
 
 PROBLEM = "application/problem+json"
-IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE = "private, max-age=31536000, immutable"
 NAMES = [n for n, _ in COLUMNS]
 COMPARED = ("content-type", "etag", "last-modified", "cache-control", "vary", "link")
 
@@ -239,7 +239,7 @@ def test_default_to_is_latest_and_since_equal_to_is_empty(
     latest = both(adapters, feed(feed_store, "v1", extra="&limit=10000"), headers)
     assert latest.json()["to"]["id"] == feed_store.ids["v3"]
     assert latest.json()["data"]["data"] == expected_keyed(V1, V2)
-    assert latest.headers["cache-control"] == "public, max-age=30"
+    assert latest.headers["cache-control"] == "private, max-age=30"
     for since, to in (("v3", None), ("v2", "v3"), ("v1", "v1")):
         answer = both(adapters, feed(feed_store, since, to), headers)
         data = answer.json()["data"]

@@ -51,7 +51,7 @@ COMPARED = (
     "allow",
     "retry-after",
 )
-IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE = "private, max-age=31536000, immutable"
 PROBLEM = "application/problem+json"
 NAMES = [n for n, _ in COLUMNS]
 TYPES = [t for _, t in COLUMNS]
@@ -315,11 +315,11 @@ CASES = [
         for m in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     ],
     # 200
-    Case("data api", "data-apis/sales", check=_cache("public, max-age=30")),
+    Case("data api", "data-apis/sales", check=_cache("private, max-age=30")),
     Case("data api without snapshot", "data-apis/empty_api", "empty"),
     Case("snapshots", "data-apis/sales/snapshots"),
     Case("no snapshots yet", "data-apis/empty_api/snapshots", "empty"),
-    Case("latest", "data-apis/sales/latest", check=_cache("public, max-age=30")),
+    Case("latest", "data-apis/sales/latest", check=_cache("private, max-age=30")),
     Case("latest by bearer", "data-apis/sales/latest?limit=5", how="bearer"),
     Case(
         "bearer scheme in lower case",
@@ -377,6 +377,8 @@ def test_contract_table(case: Case, adapters: list[Adapter], api_store: ApiStore
         else:
             assert answer.headers["content-type"] != PROBLEM
         assert answer.headers["etag"] and answer.headers["last-modified"]
+        # Key-protected data: shared caches (many ignore Vary: Authorization) never store it.
+        assert answer.headers["cache-control"].startswith("private, "), answer.headers
     if case.status == 401:
         assert "www-authenticate" in answer.headers
     if case.check is not None:

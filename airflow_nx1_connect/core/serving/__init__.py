@@ -27,7 +27,9 @@ Every route answers GET and HEAD except `runs`, which answers POST only (ROUTE_M
 another method gets 405 with the route's `Allow`.
 
 ETags hash the snapshot id with the request's shape (route, start, limit, columns,
-format, filters, sort), so a 304 costs no row read; a gzip body has its own ETag. A
+format, filters, sort), known before any row is read: the conditional check comes first
+and a 304 reads no rows (`http.finish` runs the body only for a 200); a gzip body has its
+own ETag. A
 snapshot's own URL is `immutable`, `latest` and the catalogue routes live 30 seconds. CSV,
 NDJSON, Arrow and Parquet without `limit` stream the whole snapshot from `start`, one
 10,000-row keyset batch at a time (an Arrow record batch / a Parquet row group each). Rows
@@ -67,10 +69,13 @@ from airflow_nx1_connect.core.serving.http import (
     IMMUTABLE,
     PROBLEM_JSON,
     SHORT_LIVED,
+    Payload,
     Request,
     Response,
     bad_request,
     close_body,
+    complete,
+    complete_async,
     error_response,
     etag_for,
     finish,
@@ -103,6 +108,8 @@ __all__ = [
     "Request",
     "Response",
     "bad_request",
+    "complete",
+    "complete_async",
     "error_response",
     "extract_key",
     "handle",
@@ -193,7 +200,9 @@ def _handle(
         refuse_oversized(request)
         refuse_key_in_query(request.query)
         settings = settings or current_settings()
-        engine = engine or get_engine(settings.sql_alchemy_conn)
+        engine = engine or get_engine(
+            settings.sql_alchemy_conn, read_timeout_s=settings.read_timeout_s
+        )
         key = authenticate(engine, request, name)
         limit = ratelimit.effective_limit(key.rate_limit, settings.default_rate_limit)
         ratelimit.check(key.id, limit, settings.rate_limit_storage)
@@ -292,14 +301,13 @@ def _rows_response(
     etag = etag_for(
         "rows", snapshot.id, endpoint, params.start, params.limit, names, params.format, query
     )
-    extra: list[tuple[str, str]] = []
     # Rows are read as stored and encoded straight to text (no decoding to Python first).
     csv_rows = csv_encoder(columns)
     json_values = json_converter(columns)
     if params.limit is None:
         # Whole-snapshot CSV / NDJSON: read the first batch now, so a missing table is a
         # 404 (not a cut stream), then stream the rest batch by batch.
-        def body() -> bytes | Iterator[bytes]:
+        def body() -> bytes | Iterator[bytes] | Payload:
             start = params.start
             if params.format in ("arrow", "parquet"):
                 if query:
@@ -317,19 +325,20 @@ def _rows_response(
             return stream(params.format, names, first, batches, csv_rows, json_values)
 
     else:
-        rows, next_start = _page(engine, snapshot, columns, query, params.start, params.limit)
-        link = next_url(request, next_start, pinned_path(request, endpoint, snapshot))
-        if link is not None:
-            extra.append(("Link", f'<{link}>; rel="next"'))
+        limit = params.limit
 
-        def body() -> bytes | Iterator[bytes]:
+        def body() -> bytes | Iterator[bytes] | Payload:
+            # Read only now: a 304 (decided by `finish` before this runs) reads no rows.
+            rows, next_start = _page(engine, snapshot, columns, query, params.start, limit)
+            link = next_url(request, next_start, pinned_path(request, endpoint, snapshot))
+            headers = [("Link", f'<{link}>; rel="next"')] if link is not None else []
             if params.format == "csv":
-                return csv_header(names) + csv_rows(rows)
+                return Payload(csv_header(names) + csv_rows(rows), headers)
             if params.format == "ndjson":
-                return ndjson_rows(names, json_values(rows))
+                return Payload(ndjson_rows(names, json_values(rows)), headers)
             if params.format in ("arrow", "parquet"):
-                return b"".join(rows_stream(params.format, columns, [rows]))
-            return dumps(
+                return Payload(b"".join(rows_stream(params.format, columns, [rows])), headers)
+            document = dumps(
                 {
                     "data_api": name,
                     "snapshot": snapshot.summary(),
@@ -344,6 +353,7 @@ def _rows_response(
                     },
                 }
             )
+            return Payload(document, headers)
 
     return finish(
         request,
@@ -352,7 +362,6 @@ def _rows_response(
         cache_control=cache_control,
         media_type=MEDIA_TYPES[params.format],
         body=body,
-        extra=extra,
         compressible=params.format in TEXT_FORMATS,
         always=freshness_headers(snapshot),
     )

@@ -30,6 +30,7 @@ from airflow_nx1_connect.core.serving.encoders import (
 from airflow_nx1_connect.core.serving.http import (
     IMMUTABLE,
     SHORT_LIVED,
+    Payload,
     Request,
     Response,
     etag_for,
@@ -68,10 +69,9 @@ def changes_response(
     )
     csv_rows = csv_encoder(columns)
     json_values = json_converter(columns)
-    extra: list[tuple[str, str]] = []
     if params.limit is None:
 
-        def body() -> bytes | Iterator[bytes]:
+        def body() -> bytes | Iterator[bytes] | Payload:
             # The query runs now, so an error is a problem answer, not a cut stream.
             batches = changes.iter_changes(engine, span, columns, start=params.start)
             first = next(batches, None)
@@ -83,23 +83,22 @@ def changes_response(
             )
 
     else:
-        rows = changes.read_changes(
-            engine, span, columns, start=params.start, limit=params.limit + 1
-        )
-        next_start = params.start + params.limit if len(rows) > params.limit else None
-        rows = rows[: params.limit]
-        url = page_url(request, next_start, span.to.id) if next_start is not None else None
-        if url is not None:
-            extra.append(("Link", f'<{url}>; rel="next"'))
+        limit = params.limit
 
-        def body() -> bytes | Iterator[bytes]:
+        def body() -> bytes | Iterator[bytes] | Payload:
+            # The feed's query runs only now: a 304 (decided first, by `finish`) runs none.
+            rows = changes.read_changes(engine, span, columns, start=params.start, limit=limit + 1)
+            next_start = params.start + limit if len(rows) > limit else None
+            rows = rows[:limit]
+            url = page_url(request, next_start, span.to.id) if next_start is not None else None
+            headers = [("Link", f'<{url}>; rel="next"')] if url is not None else []
             if params.format == "arrow":
-                return b"".join(rows_stream("arrow", columns, [rows]))
+                return Payload(b"".join(rows_stream("arrow", columns, [rows])), headers)
             if params.format == "csv":
-                return csv_header(names) + csv_rows(rows)
+                return Payload(csv_header(names) + csv_rows(rows), headers)
             if params.format == "ndjson":
-                return ndjson_rows(names, json_values(rows))
-            return dumps(
+                return Payload(ndjson_rows(names, json_values(rows)), headers)
+            document = dumps(
                 {
                     "data_api": name,
                     "from": span.since.summary(),
@@ -114,6 +113,7 @@ def changes_response(
                     },
                 }
             )
+            return Payload(document, headers)
 
     return finish(
         request,
@@ -122,7 +122,6 @@ def changes_response(
         cache_control=IMMUTABLE if to else SHORT_LIVED,
         media_type=MEDIA_TYPES[params.format],
         body=body,
-        extra=extra,
     )
 
 

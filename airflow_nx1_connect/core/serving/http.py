@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 #: The methods every data API route answers (it is read-only).
 ALLOWED_METHODS = ("GET", "HEAD")
 PROBLEM_JSON = "application/problem+json"
-#: A snapshot's own URL never changes content.
-IMMUTABLE = "public, max-age=31536000, immutable"
+#: A snapshot's own URL never changes content. `private` on everything a key reads: many
+#: shared caches and CDNs ignore `Vary: Authorization`, and a copy there would reach
+#: clients without a key (RFC 9111 5.2.2.7); the app's own cache still keeps it.
+IMMUTABLE = "private, max-age=31536000, immutable"
 #: `latest`, the data API and its snapshot list change when a run publishes.
-SHORT_LIVED = "public, max-age=30"
+SHORT_LIVED = "private, max-age=30"
 VARY = "Authorization, X-API-Key, Accept"
 RETRY_AFTER_S = "5"
 PROBLEM_BASE = "urn:nx1-connect:problem:"
@@ -82,13 +84,31 @@ class Request:
         return self.headers.get(name.lower())
 
 
+class Pending(Protocol):
+    """An answer that is only known after a wait (`Prefer: wait` on a run): adapters on an
+    event loop await `answer_async` (no thread held while waiting); others call `answer`."""
+
+    def answer(self) -> Response:
+        """Wait (blocking this thread) and return the final response."""
+        ...
+
+    async def answer_async(self) -> Response:
+        """Wait without holding a thread and return the final response."""
+        ...
+
+
 @dataclass
 class Response:
-    """What the adapters send: a status, header pairs and a body (bytes or a byte iterator)."""
+    """What the adapters send: a status, header pairs and a body (bytes or a byte iterator).
+
+    With `pending`, the answer is not ready yet: complete it with `complete` (or
+    `complete_async` on an event loop) before sending.
+    """
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes | Iterator[bytes] = b""
+    pending: Pending | None = None
 
     @property
     def streaming(self) -> bool:
@@ -206,6 +226,18 @@ def refuse_oversized(request: Request) -> None:
             f"The request headers are larger than {MAX_HEADER_BYTES} bytes; send only the "
             "Authorization or X-API-Key header and the usual ones.",
         )
+
+
+def complete(response: Response) -> Response:
+    """The final response: `response` itself, or its pending answer after a blocking wait."""
+    return response.pending.answer() if response.pending is not None else response
+
+
+async def complete_async(response: Response) -> Response:
+    """The final response, waiting (if pending) without holding a thread."""
+    if response.pending is None:
+        return response
+    return await response.pending.answer_async()
 
 
 def close_body(body: bytes | Iterator[bytes]) -> None:
@@ -334,6 +366,14 @@ def not_modified(request: Request, etag: str, last_modified: dt.datetime | None)
     return False
 
 
+@dataclass
+class Payload:
+    """A body with headers that only exist once it is made (a page's `Link`)."""
+
+    content: bytes | Iterator[bytes]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
 def finish(
     request: Request,
     *,
@@ -341,16 +381,18 @@ def finish(
     last_modified: dt.datetime | None,
     cache_control: str,
     media_type: str,
-    body: Callable[[], bytes | Iterator[bytes]],
+    body: Callable[[], bytes | Iterator[bytes] | Payload],
     extra: Sequence[tuple[str, str]] = (),
     compressible: bool = False,
     always: Sequence[tuple[str, str]] = (),
 ) -> Response:
     """A 200 with validators and caching headers, or a 304 when the client's copy is current.
 
-    `extra` headers go on a 200 only; `always` ones on the 304 too. `compressible` bodies
-    (JSON, CSV, NDJSON) are gzip-compressed when the client accepts it, with their own ETag
-    (see `compression`).
+    The validators come first, from what the caller knows without reading rows (the
+    snapshot's id and the request's shape): `body` runs only for a 200, so a 304 reads
+    nothing. `extra` headers, and those of a `Payload` body, go on a 200 only; `always` ones
+    on the 304 too. `compressible` bodies (JSON, CSV, NDJSON) are gzip-compressed when the
+    client accepts it, with their own ETag (see `compression`).
     """
     gzip = compressible and compression.accepts_gzip(request)
     if gzip:
@@ -363,6 +405,9 @@ def finish(
     if last_modified is not None:
         headers.append(("Last-Modified", http_date(last_modified)))
     content = body()
+    if isinstance(content, Payload):
+        extra = [*extra, *content.headers]
+        content = content.content
     if gzip:
         headers.append(("Content-Encoding", compression.GZIP))
         if isinstance(content, bytes | bytearray):

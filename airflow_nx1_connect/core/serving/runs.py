@@ -5,12 +5,16 @@ The POST needs a key with the `run` scope (403 without); it answers 202
 while an earlier API-requested one is still queued or running (see `core.runs`). With
 `Prefer: wait=N` (1..60) it answers when the run ends (200, with the snapshot the run
 published on success) or after N seconds (202), with `Preference-Applied: wait=N`; the
-GET honours the same preference. Run answers are never cached.
+GET honours the same preference. The wait is a `Response.pending` (`RunWait`) that the
+adapters complete on their event loop (`http.complete_async`): a waiting request holds no
+thread of the api-server. Run answers are never cached.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from sqlalchemy.engine import Engine
@@ -83,6 +87,55 @@ def status_url(request: Request, run_id: str) -> str:
     return f"{request.url_root}{runs_path}/{quote(run_id, safe='')}"
 
 
+@dataclass
+class RunWait:
+    """`Prefer: wait=N` on a run: the answer once the run ends or N seconds pass."""
+
+    engine: Engine
+    launcher: runs.RunLauncher
+    name: str
+    run: runs.RunStatus
+    seconds: int
+    make: Callable[[runs.RunStatus], Response]
+    head: bool = False
+
+    def _final(self, run: runs.RunStatus) -> Response:
+        response = self.make(run)
+        if self.head:
+            response.body = b""
+        return response
+
+    def answer(self) -> Response:
+        """Wait in this thread (a WSGI server without the plugin's middleware)."""
+        return self._final(
+            runs.wait_for_run(self.engine, self.launcher, self.name, self.run, self.seconds)
+        )
+
+    async def answer_async(self) -> Response:
+        """Wait on the event loop, sharing one poll per run among every waiting request."""
+        run = await runs.wait_for_run_async(
+            self.engine, self.launcher, self.name, self.run, self.seconds
+        )
+        return self._final(run)
+
+
+def _answer(
+    engine: Engine,
+    request: Request,
+    name: str,
+    run: runs.RunStatus,
+    launcher: runs.RunLauncher,
+    make: Callable[[runs.RunStatus], Response],
+) -> Response:
+    """The answer now, or (with `Prefer: wait`) a pending one: adapters complete it, on
+    their event loop where they have one, so a waiting request never holds a thread."""
+    wait = prefer_wait(request)
+    if wait is None:
+        return make(run)
+    pending = RunWait(engine, launcher, name, run, wait, make, head=request.method == "HEAD")
+    return Response(202, _headers(wait), b"", pending=pending)
+
+
 def start_run_response(
     engine: Engine,
     request: Request,
@@ -95,11 +148,13 @@ def start_run_response(
     wait = prefer_wait(request)
     launcher = _launcher(launcher)
     run, _created = runs.request_run(engine, launcher, name, key_id=key.id)
-    if wait is not None:
-        run = runs.wait_for_run(engine, launcher, name, run, wait)
-    url = status_url(request, run.run_id)
-    headers = [*_headers(wait), ("Location", url)]
-    return Response(200 if run.ended else 202, headers, _body(run, url))
+
+    def make(run: runs.RunStatus) -> Response:
+        url = status_url(request, run.run_id)
+        headers = [*_headers(wait), ("Location", url)]
+        return Response(200 if run.ended else 202, headers, _body(run, url))
+
+    return _answer(engine, request, name, run, launcher, make)
 
 
 def run_status_response(
@@ -113,6 +168,8 @@ def run_status_response(
     wait = prefer_wait(request)
     launcher = _launcher(launcher)
     run = runs.run_status(engine, launcher, name, run_id)
-    if wait is not None:
-        run = runs.wait_for_run(engine, launcher, name, run, wait)
-    return Response(200, _headers(wait), _body(run))
+
+    def make(run: runs.RunStatus) -> Response:
+        return Response(200, _headers(wait), _body(run))
+
+    return _answer(engine, request, name, run, launcher, make)
