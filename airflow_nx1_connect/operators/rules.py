@@ -332,8 +332,9 @@ class _RuleOperator(BaseSQLOperator):
 
     def get_db_hook(self) -> DbApiHook:
         """The source's common.sql hook, as `BaseSQLOperator` makes it from `conn_id`,
-        `hook_params` and `database` (once per task). A Connection that is not defined, or
-        whose hook is not a SQL database hook, fails the task without retries."""
+        `hook_params` and `database` (once per task). A Connection that is not defined, whose
+        hook is not a SQL database hook or does not take the arguments given, fails the task
+        without retries."""
         try:
             return super().get_db_hook()
         except AirflowNotFoundException as exc:
@@ -343,8 +344,8 @@ class _RuleOperator(BaseSQLOperator):
             ) from None
         except TypeError as exc:  # the hook's class takes no such argument
             raise AirflowFailException(
-                f"Connection {self.conn_id!r}: its hook does not accept hook_params "
-                f"{sorted(self.hook_params)}: {_first_line(exc)}"
+                f"Connection {self.conn_id!r}: its hook does not accept an argument that "
+                f"hook_params or the Connection's extra fields give it: {_first_line(exc)}"
             ) from None
         except AirflowException as exc:
             if type(exc) is not AirflowException:  # e.g. a failure already classified

@@ -73,7 +73,8 @@ def test_database_and_hook_params_templated(engine, bare_pg_conn, make_dag, capf
     run = dag.test(run_conf={"conn": "nx1_src_fs"})
     text = "".join(capfd.readouterr())
     assert ti_states(run) == {"ask": "failed"} and _try_number(run) == 1
-    assert "Connection 'nx1_src_fs': its hook does not accept hook_params ['options']" in text
+    assert "Connection 'nx1_src_fs': its hook does not accept an argument" in text
+    assert "unexpected keyword argument 'options'" in text
 
 
 CONN_DAG = """
