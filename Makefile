@@ -5,7 +5,7 @@ PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: help uv sync postgres redis test lint demo bench bench-quick clean
+.PHONY: help uv sync postgres redis test test-pythons lint demo bench bench-quick clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ test: sync postgres redis  ## Run the whole test suite (SQLite, PostgreSQL, a Ce
 	@$(UV) run --locked pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 
+test-pythons: uv  ## pip install the wheel on Python 3.10-3.13 (no lock) and smoke-test each
+	@bash scripts/test-pythons.sh
+
 lint: sync  ## ruff and mypy
-	$(UV) run --locked ruff check airflow_nx1_connect tests dags_examples benchmarks
+	$(UV) run --locked ruff check airflow_nx1_connect tests dags_examples benchmarks scripts
 	$(UV) run --locked ruff format --check airflow_nx1_connect
 	$(UV) run --locked mypy
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import re
+import sys
 
 
 def utcnow() -> dt.datetime:
@@ -28,3 +30,35 @@ def iso(value: dt.datetime | None) -> str | None:
 def http_date(value: dt.datetime) -> str:
     """An HTTP date (RFC 9110 IMF-fixdate), e.g. for `Last-Modified`."""
     return email.utils.format_datetime(as_utc(value), usegmt=True)
+
+
+# `datetime.fromisoformat` reads more of ISO 8601 from Python 3.11 on: a `Z`, any number of
+# fraction digits (a comma too), offsets `+HH` and `+HHMM`. On 3.10 the extended forms that
+# 3.11 reads are rewritten to the one form 3.10 reads; anything else is left to raise as it does.
+_EXTENDED_ISO = re.compile(
+    r"(?P<head>[0-9]{4}-[0-9]{2}-[0-9]{2}.[0-9]{2}(?::[0-9]{2}(?::[0-9]{2})?)?)"
+    r"(?:[.,](?P<fraction>[0-9]+))?"
+    r"(?:(?P<utc>Z)|(?P<sign>[+-])(?P<hh>[0-9]{2})(?::?(?P<mm>[0-9]{2}))?)?"
+)
+
+
+def _fromisoformat_310(text: str) -> dt.datetime:
+    match = _EXTENDED_ISO.fullmatch(text)
+    if match is None:
+        return dt.datetime.fromisoformat(text)
+    head, fraction = match["head"], match["fraction"]
+    if fraction is not None:
+        head += "." + fraction[:6].ljust(6, "0")
+    if match["utc"]:
+        head += "+00:00"
+    elif match["sign"]:
+        head += f"{match['sign']}{match['hh']}:{match['mm'] or '00'}"
+    return dt.datetime.fromisoformat(head)
+
+
+def parse_datetime(text: str) -> dt.datetime:
+    """ISO 8601 text as `datetime.fromisoformat` reads it on Python 3.11 and later (`Z` too),
+    on every supported Python; ValueError when it is not such a time."""
+    if sys.version_info >= (3, 11):
+        return dt.datetime.fromisoformat(text)
+    return _fromisoformat_310(text)

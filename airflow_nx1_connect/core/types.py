@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from airflow_nx1_connect.core.clock import iso
+from airflow_nx1_connect.core.clock import iso, parse_datetime
 
 Convert = Callable[[Any], Any]
 
@@ -130,7 +130,7 @@ def _timestamp_text(value: Any) -> Any:
         return value[:-6] + "Z"
     if len(value) > 19 and value[-6] in "+-" and value[-3] == ":":
         try:
-            return iso(dt.datetime.fromisoformat(value))
+            return iso(parse_datetime(value))
         except ValueError:
             return value
     return value
@@ -161,7 +161,7 @@ def _date(value: Any) -> dt.date:
 
 
 def _datetime(value: Any) -> dt.datetime:
-    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    return value if isinstance(value, dt.datetime) else parse_datetime(value)
 
 
 def _bool_text(value: Any) -> str:
@@ -500,7 +500,7 @@ def _parse_date(text: str) -> dt.date:
 
 def _parse_timestamp(text: str) -> dt.datetime:
     try:
-        value = dt.datetime.fromisoformat(text) if _TIMESTAMP_RE.match(text) else None
+        value = parse_datetime(text) if _TIMESTAMP_RE.match(text) else None
         # Stored as ISO text; aware values are compared in UTC (see FilterType).
         if value is not None and value.tzinfo is not None:
             value = value.astimezone(dt.timezone.utc)

@@ -1,10 +1,17 @@
 """Ask and Engineer rule operators: run a rule's SQL on a source, publish one snapshot.
 
-Both are thin adapters over `core.writer`: they read the source through the
-Connection's common.sql `DbApiHook` with a `fetchmany` cursor (a server-side cursor on
-PostgreSQL, an unbuffered streaming one on MySQL/MariaDB), hand the batches to
-`write_snapshot` as a generator (memory stays flat whatever the row count), and return
-only the snapshot's metadata to XCom.
+Both are thin adapters over `core.writer` built on common.sql's `BaseSQLOperator`
+(its hook lookup from `conn_id`, `hook_params` and `database`): they read the source through
+the Connection's `DbApiHook` with a `fetchmany` cursor (a server-side cursor on PostgreSQL,
+an unbuffered streaming one on MySQL/MariaDB), hand the batches to `write_snapshot` as a
+generator (memory stays flat whatever the row count), and return only the snapshot's
+metadata to XCom.
+
+With Airflow's OpenLineage provider installed and a transport configured, each run reports
+its lineage: the inputs that the OpenLineage SQL parser finds in the rule's SQL through the
+hook (as `SQLExecuteQueryOperator` reports them), and one output, the data API (namespace
+`nx1`), with its schema and, on completion, its row count. OpenLineage is imported only
+when the provider asks for the lineage.
 
 Failures that rerunning will not fix (bad SQL, a name owned by another rule, a merge
 key missing from the result) fail the task at once with `AirflowFailException`; a
@@ -16,11 +23,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from airflow.sdk import Asset, BaseHook, BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.providers.common.sql.operators.sql import BaseSQLOperator
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowNotFoundException,
+)
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import checks as publish_checks
@@ -42,6 +53,10 @@ from airflow_nx1_connect.operators.sql_text import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+#: OpenLineage namespace of the data APIs (the output dataset of every rule run).
+LINEAGE_NAMESPACE = "nx1"
 
 #: Rows fetched from the source per `fetchmany` call (and written per store batch).
 FETCH_SIZE = store.BATCH_SIZE
@@ -72,6 +87,19 @@ _RULE_SQLSTATE_CLASSES = frozenset(
 )
 _RULE_SQLITE_ERRORS = frozenset(
     {"SQLITE_ERROR", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE", "SQLITE_READONLY"}
+)
+# Python 3.10's sqlite3 exceptions carry no sqlite_errorname (3.11+): its OperationalError
+# is about the SQL (no such table, syntax error) unless its message is one of these.
+_SQLITE_SERVER_MESSAGES = (
+    "database is locked",
+    "database table is locked",
+    "unable to open database file",
+    "disk i/o error",
+    "database or disk is full",
+    "database disk image is malformed",
+    "interrupted",
+    "out of memory",
+    "locking protocol",
 )
 _RULE_ERROR_CLASSES = frozenset({"ProgrammingError", "DataError", "IntegrityError"})
 # MySQL/MariaDB server error numbers about the SQL itself, for drivers whose exceptions
@@ -110,6 +138,9 @@ def is_rule_error(exc: BaseException) -> bool:
     sqlite_name = getattr(exc, "sqlite_errorname", None)
     if isinstance(sqlite_name, str):
         return sqlite_name in _RULE_SQLITE_ERRORS
+    if type(exc).__module__ == "sqlite3" and type(exc).__name__ == "OperationalError":
+        text = str(exc).lower()
+        return not any(text.startswith(m) for m in _SQLITE_SERVER_MESSAGES)
     if _mysql_errno(exc) in _RULE_MYSQL_ERRNOS:
         return True
     return any(c.__name__ in _RULE_ERROR_CLASSES | {"NotSupportedError"} for c in type(exc).__mro__)
@@ -130,11 +161,11 @@ def _first_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class _RuleOperator(BaseOperator):
+class _RuleOperator(BaseSQLOperator):
     """Shared parts of the rule operators (not for direct use)."""
 
     kind: ClassVar[str] = ""
-    template_fields: Sequence[str] = ("sql", "conn_id")
+    template_fields: Sequence[str] = ("sql", "conn_id", "database", "hook_params")
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql"}
 
@@ -151,6 +182,8 @@ class _RuleOperator(BaseOperator):
         key_columns: Sequence[str] | str | None = None,
         index_columns: Sequence[str] | str | None = None,
         checks: Mapping[str, Any] | None = None,
+        database: str | None = None,
+        hook_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         try:
@@ -162,6 +195,11 @@ class _RuleOperator(BaseOperator):
             raise ValueError("conn_id must name an Airflow Connection, e.g. conn_id='retail'.")
         if not isinstance(sql, str) or not sql.strip():
             raise ValueError("sql must be a SQL query or the path of a .sql file.")
+        if hook_params is not None and not isinstance(hook_params, dict):
+            raise ValueError(
+                "hook_params must be a dict of the hook's arguments, e.g. "
+                "hook_params={'options': '-c statement_timeout=60000'}."
+            )
         if write_mode not in writer.WRITE_MODES:
             raise ValueError(
                 f"write_mode must be one of {', '.join(writer.WRITE_MODES)}, not {write_mode!r}."
@@ -195,9 +233,10 @@ class _RuleOperator(BaseOperator):
         outlets = list(outlets)
         if not any(isinstance(o, Asset) and o.uri == asset.uri for o in outlets):
             outlets.append(asset)
-        super().__init__(outlets=outlets, **kwargs)
+        super().__init__(
+            conn_id=conn_id, database=database, hook_params=hook_params, outlets=outlets, **kwargs
+        )
         self.data_api = data_api
-        self.conn_id = conn_id
         self.sql = sql
         self.description = description
         self.question = question
@@ -206,6 +245,8 @@ class _RuleOperator(BaseOperator):
         self.key_columns = key_cols or None
         self.index_columns = index_cols or None
         self.checks = dict(checks) if checks is not None else None
+        #: The snapshot this run published (for the OpenLineage COMPLETE event).
+        self._published: snaps.Snapshot | None = None
 
     # -- hooks for the subclasses -------------------------------------------------------
 
@@ -220,6 +261,7 @@ class _RuleOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         """Run the rule and publish its snapshot; returns the snapshot's metadata."""
+        self._published = None
         try:
             statements = self._statements(self.sql)
         except RuleError as exc:
@@ -254,6 +296,7 @@ class _RuleOperator(BaseOperator):
         except BaseException as exc:
             self._record_failure(engine, context, exc)
             raise
+        self._published = snapshot
         summary = {
             "snapshot_id": snapshot.id,
             "data_api": self.data_api,
@@ -279,10 +322,13 @@ class _RuleOperator(BaseOperator):
         try:
             conn = hook.get_conn()
         except Exception as exc:
-            raise AirflowException(
+            message = (
                 f"Cannot connect to the source database of Connection {self.conn_id!r}: "
                 f"{_first_line(exc)}"
-            ) from exc
+            )
+            if not self.retry_on_failure:
+                raise AirflowFailException(message + " (retry_on_failure=False)") from exc
+            raise AirflowException(message) from exc
         try:
             return self._run(engine, hook, conn, statements, context, retention=retention)
         finally:
@@ -307,28 +353,31 @@ class _RuleOperator(BaseOperator):
         return exc
 
     def get_db_hook(self) -> DbApiHook:
-        """The source's common.sql hook, from the Connection `conn_id` (made once per task)."""
-        return self._hook
-
-    @cached_property
-    def _hook(self) -> DbApiHook:
-        from airflow.providers.common.sql.hooks.sql import DbApiHook
-
+        """The source's common.sql hook, as `BaseSQLOperator` makes it from `conn_id`,
+        `hook_params` and `database` (once per task). A Connection that is not defined, whose
+        hook is not a SQL database hook or does not take the arguments given, fails the task
+        without retries."""
         try:
-            connection = BaseHook.get_connection(self.conn_id)
-        except Exception as exc:
+            return super().get_db_hook()
+        except AirflowNotFoundException as exc:
             raise AirflowFailException(
                 f"Connection {self.conn_id!r} is not defined: add it in Admin > Connections "
-                f"or set AIRFLOW_CONN_{self.conn_id.upper()} ({_first_line(exc)})."
+                f"or set AIRFLOW_CONN_{str(self.conn_id).upper()} ({_first_line(exc)})."
             ) from None
-        hook = connection.get_hook()
-        if not isinstance(hook, DbApiHook):
+        except TypeError as exc:  # the hook's class takes no such argument
             raise AirflowFailException(
-                f"Connection {self.conn_id!r} has type {connection.conn_type!r}, whose hook "
-                f"({type(hook).__name__}) is not a SQL database hook. Use a Connection of a "
-                "SQL database (sqlite, postgres, mysql, trino, ...)."
-            )
-        return hook
+                f"Connection {self.conn_id!r}: its hook does not accept an argument that "
+                f"hook_params or the Connection's extra fields give it: {_first_line(exc)}"
+            ) from None
+        except AirflowException as exc:
+            if type(exc) is not AirflowException:  # e.g. a failure already classified
+                raise
+            # BaseSQLOperator's refusal of a hook that is not a DbApiHook, or a Connection
+            # type without a hook: the Connection must change, retrying will not help.
+            raise AirflowFailException(
+                f"Connection {self.conn_id!r} cannot run a rule: {_first_line(exc)} Use a "
+                "Connection of a SQL database (sqlite, postgres, mysql, trino, ...)."
+            ) from None
 
     def _run(
         self,
@@ -414,7 +463,84 @@ class _RuleOperator(BaseOperator):
         )
         if is_rule_error(exc):
             return AirflowFailException(message)
+        if not self.retry_on_failure:
+            return AirflowFailException(message + " (retry_on_failure=False)")
         return AirflowException(message + " (retryable)")
+
+    # -- OpenLineage (called by the OpenLineage provider only) -----------------------------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage | None:
+        """Inputs as common.sql finds them through the hook; the data API as the output."""
+        return self._lineage(lambda: super(_RuleOperator, self).get_openlineage_facets_on_start())
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """As on start, plus the published snapshot's schema and row count."""
+        return self._lineage(
+            lambda: super(_RuleOperator, self).get_openlineage_facets_on_complete(task_instance),
+            self._published,
+        )
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage | None:
+        """As on start: nothing was published."""
+        return self._lineage(
+            lambda: super(_RuleOperator, self).get_openlineage_facets_on_complete(task_instance)
+        )
+
+    def _lineage(
+        self, sql_lineage: Any, published: snaps.Snapshot | None = None
+    ) -> OperatorLineage | None:
+        try:
+            from airflow.providers.openlineage.extractors import OperatorLineage
+        except ImportError:
+            return None
+        try:
+            lineage = sql_lineage() or OperatorLineage()
+        except Exception as exc:  # e.g. the Connection is missing: still name the output
+            self.log.debug("OpenLineage found no inputs in the rule's SQL: %s", exc)
+            lineage = OperatorLineage()
+        lineage.outputs = [self._lineage_output(published)]
+        return lineage
+
+    def _lineage_output(self, published: snaps.Snapshot | None) -> Any:
+        """The data API as an OpenLineage dataset: its schema (the published snapshot's, or
+        before publishing the latest one's, when there is one) and the published row count."""
+        from airflow.providers.common.compat.openlineage.facet import (
+            DocumentationDatasetFacet,
+            OutputDataset,
+            OutputStatisticsOutputDatasetFacet,
+            SchemaDatasetFacet,
+            SchemaDatasetFacetFields,
+        )
+
+        snapshot = published or self._latest_snapshot()
+        facets: dict[str, Any] = {}
+        if snapshot is not None:
+            facets["schema"] = SchemaDatasetFacet(
+                fields=[
+                    SchemaDatasetFacetFields(name=name, type=type_)
+                    for name, type_ in zip(snapshot.columns, snapshot.column_types, strict=True)
+                ]
+            )
+        if self.description:
+            facets["documentation"] = DocumentationDatasetFacet(description=self.description)
+        output_facets: dict[str, Any] = {}
+        if published is not None:
+            output_facets["outputStatistics"] = OutputStatisticsOutputDatasetFacet(
+                rowCount=published.row_count
+            )
+        return OutputDataset(
+            namespace=LINEAGE_NAMESPACE,
+            name=self.data_api,
+            facets=facets,
+            outputFacets=output_facets,
+        )
+
+    def _latest_snapshot(self) -> snaps.Snapshot | None:
+        try:
+            engine = store.get_engine(get_settings().sql_alchemy_conn)
+            return snaps.latest_snapshot(engine, self.data_api)
+        except Exception:  # no store or no snapshot yet: the output has no schema
+            return None
 
 
 def _column_list(argument: str, value: Sequence[str] | str | None) -> list[str]:

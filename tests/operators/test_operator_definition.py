@@ -15,9 +15,10 @@ from airflow_nx1_connect.operators.sql_text import check_ask_sql, split_statemen
 def test_outlets_templating_and_keyword_only_arguments():
     op = AskRuleOperator(task_id="t", data_api="weekly_top_product", conn_id="retail", sql="x.sql")
     assert op.outlets == [Asset("nx1://weekly_top_product")]
-    assert AskRuleOperator.template_fields == ("sql", "conn_id")
+    # common.sql's templated fields (conn_id, database, hook_params) as well as the SQL.
+    assert AskRuleOperator.template_fields == ("sql", "conn_id", "database", "hook_params")
     assert ".sql" in AskRuleOperator.template_ext
-    assert EngineerRuleOperator.template_fields == ("sql", "conn_id")
+    assert EngineerRuleOperator.template_fields == AskRuleOperator.template_fields
 
     other = Asset("s3://bucket/key")
     op = EngineerRuleOperator(
@@ -158,3 +159,8 @@ def test_source_errors_classified_by_sqlstate_or_driver():
         with pytest.raises(sqlite3.OperationalError) as info:
             conn.execute("SELECT * FROM nope")
     assert is_rule_error(info.value)
+    # Python 3.10's sqlite3 errors have no sqlite_errorname: the message tells.
+    assert is_rule_error(sqlite3.OperationalError("no such table: nope"))
+    assert is_rule_error(sqlite3.OperationalError('near "SELEC": syntax error'))
+    assert not is_rule_error(sqlite3.OperationalError("database is locked"))
+    assert not is_rule_error(sqlite3.OperationalError("unable to open database file"))

@@ -3,8 +3,9 @@
 An api-server and a dag-processor, no scheduler: a run requested through the data API
 stays `queued`. 100 requests wait for it (`GET .../runs/{id}`, `Prefer: wait=15`) on each
 mount; meanwhile Airflow's own `/api/v2/monitor/health` answers within 1 s, every time,
-and every waiter gets its answer (the run, still queued) once its wait is over. Before, each waiter slept in a sync
-handler on the thread pool Airflow's routes use: the health check timed out.
+and every waiter gets its answer (the run, still queued) once its wait is over. Before,
+each waiter slept in a sync handler on the thread pool Airflow's routes use: the health
+check timed out.
 """
 
 from __future__ import annotations
