@@ -203,6 +203,12 @@ class _RuleOperator(BaseOperator):
         self.key_columns = key_cols or None
         self.index_columns = index_cols or None
 
+    @classmethod
+    def get_serialized_fields(cls) -> frozenset[str]:
+        """Airflow's serialized fields plus `data_api`: the serialized DAG then says which data
+        API each rule task publishes to (checked when a data API is bound to a rule task)."""
+        return frozenset(super().get_serialized_fields() | {"data_api"})
+
     # -- hooks for the subclasses -------------------------------------------------------
 
     def _statements(self, sql: str) -> list[str]:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.api_server import running_api_server
+from tests.rule_dags import write_rule_dags
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,7 @@ def _token(url: str, user: str, password: str) -> str:
 def fab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A real api-server with the FAB auth manager; tokens of an Admin, nx1_ask and Viewer."""
     home = tmp_path_factory.mktemp("fab-home")
+    write_rule_dags(home / "dags")  # not serialized: data APIs bind from the DAG folder
     env = _env(home, FAB)
     airflow = [sys.executable, "-m", "airflow"]
     _run(env, *airflow, "db", "migrate")
@@ -74,6 +76,7 @@ def simple_server(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """A real api-server with the Simple auth manager and an admin user."""
     home = tmp_path_factory.mktemp("simple-home")
+    write_rule_dags(home / "dags")
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({"boss": PASSWORD}))
     env = {

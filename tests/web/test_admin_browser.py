@@ -23,6 +23,7 @@ import pytest
 
 from airflow_nx1_connect.core import writer
 from tests.api_server import running_api_server
+from tests.rule_dags import write_rule_dags
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +119,8 @@ def _populate(store_url: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running `airflow api-server` with the plugin and an Admin user."""
     home = tmp_path_factory.mktemp("airflow-home-browser")
+    # The rule task the test binds a data API to (read from the DAG folder: not serialized).
+    write_rule_dags(home / "dags", {("retail_daily", "daily_sales"): ("ask", "daily_sales")})
     store_url = f"sqlite:///{home / 'nx1_store.db'}"
     _populate(store_url)
     env = {
