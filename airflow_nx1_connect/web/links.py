@@ -15,15 +15,34 @@ cache in front, one answer to a forged Host would send every app paging to anoth
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+#: The environment variable that overrides `[api] base_url` (Airflow's rule).
+_ENV = "AIRFLOW__API__BASE_URL"
+#: (the variable's value, the resolved base URL) of the last lookup.
+_cached: tuple[str | None, str] | None = None
+
 
 def base_url() -> str:
-    """Airflow's `[api] base_url` without its trailing slash ("" when not set)."""
+    """Airflow's `[api] base_url` without its trailing slash ("" when not set).
+
+    Asked of Airflow's configuration on first use, and again whenever
+    `AIRFLOW__API__BASE_URL` changes; Airflow's own configuration object reads airflow.cfg
+    once per process, so nothing else can change the answer. (A lookup costs tens of
+    microseconds; a paged request builds a link every time.)
+    """
+    global _cached
+    env = os.environ.get(_ENV)
+    cached = _cached
+    if cached is not None and cached[0] == env:
+        return cached[1]
     from airflow.configuration import conf
 
-    return str(conf.get("api", "base_url", fallback="") or "").strip().rstrip("/")
+    value = str(conf.get("api", "base_url", fallback="") or "").strip().rstrip("/")
+    _cached = (env, value)
+    return value
 
 
 def url_root(path: str) -> Callable[[], str]:

@@ -37,7 +37,7 @@ OPERATIONS: list[tuple[str, str, dict[str, Any] | None]] = [
     (
         "POST",
         "/data-apis",
-        {"name": "new_api", "kind": "ask", "dag_id": "d", "task_id": "t"},
+        {"name": "new_api", "kind": "ask", "dag_id": "nx1t_misc", "task_id": "t"},
     ),
     ("DELETE", "/data-apis/sales", None),
     ("GET", "/keys", None),
@@ -283,7 +283,7 @@ def test_roles_manage_their_own_kind(
     _problem(client.post(f"{ADMIN}/keys/{store['key_id']}/revoke", headers=engineer), 403)
     _problem(client.get(f"{ADMIN}/keys/{store['key_id']}", headers=engineer), 403)
     assert client.get(f"{ADMIN}/keys", headers=engineer).json() == []
-    new = {"name": "eng_new", "kind": "engineer", "dag_id": "d", "task_id": "e"}
+    new = {"name": "eng_new", "kind": "engineer", "dag_id": "nx1t_misc", "task_id": "e"}
     _problem(client.post(f"{ADMIN}/data-apis", json=new, headers=asker), 403)
     assert client.post(f"{ADMIN}/data-apis", json=new, headers=engineer).status_code == 201
     r = client.post(f"{ADMIN}/keys", json={"data_api": "sales", "days": 2}, headers=asker)
