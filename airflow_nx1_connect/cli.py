@@ -1,8 +1,9 @@
 """`nx1-connect`: manage the snapshot store, data APIs and data API keys from the shell.
 
 Built on click. stdout carries only data (a new key, a table, JSON); messages go to
-stderr. User errors exit 1 with one line on stderr; never a traceback. Airflow is never
-imported: the store is found through `core.settings`, so the command starts fast.
+stderr. User errors exit 1 with one line on stderr; never a traceback. Airflow is imported
+only by `db migrate` (the FAB roles); `apis create` asks Airflow about the rule task in a
+child process. The store is found through `core.settings`, so the commands start fast.
 """
 
 from __future__ import annotations
@@ -154,10 +155,10 @@ def after_migrate(engine: Any) -> None:
     """Extra setup run by `db migrate` once the store is at the newest schema.
 
     The one place to add more idempotent setup steps. Only this command may import Airflow
-    here; every other command stays Airflow-free. It creates the admin view's FAB roles
-    `nx1_ask` and `nx1_engineer` when Airflow uses the FAB auth manager (the api-server
-    also creates them when it starts); a failure there is reported, not fatal, because the
-    store itself is migrated by then.
+    here; every other command stays Airflow-free (`apis create` asks Airflow about the rule
+    task in a child process). It creates the admin view's FAB roles `nx1_ask` and `nx1_engineer`
+    when Airflow uses the FAB auth manager (the api-server also creates them when it
+    starts); a failure there is reported, not fatal, because the store is migrated by then.
     """
     try:
         from airflow.configuration import conf
@@ -212,10 +213,11 @@ def _api_dict(engine: Any, api: Any) -> dict[str, Any]:
 
 
 def _actor() -> Any:
-    """The audit actor of this command: `cli:<os user>`."""
+    """The audit actor of this command: `cli:<os user>`, the machine's operator (who may, for
+    instance, make keys with the run scope for any data API)."""
     from airflow_nx1_connect.core import audit, control
 
-    return control.Actor(audit.cli_actor())
+    return control.Actor.operator(audit.cli_actor())
 
 
 @apis.command("list")
@@ -287,11 +289,15 @@ def apis_create(
 ) -> None:
     """Create data API NAME ahead of its rule's first run, with a first key.
 
-    The data API is bound to task TASK_ID of DAG DAG_ID: that task's first run publishes
-    into it (any other task using the name is refused). Until then reads answer 404. The
-    first key alone goes to stdout, this once; everything else to stderr.
+    The data API is bound to task TASK_ID of DAG DAG_ID, which must be a rule task of that
+    kind (AskRuleOperator or EngineerRuleOperator) with data_api=NAME, in Airflow's
+    serialized DAGs or, before Airflow has parsed the DAG, in its DAG folder. That task's
+    first run publishes into it (any other task using the name is refused). Until then
+    reads answer 404. The first key alone goes to stdout, this once; everything else to
+    stderr.
     """
     from airflow_nx1_connect.core import control
+    from airflow_nx1_connect.rule_tasks import find_in_child
 
     _api, created = control.create_data_api(
         _engine(),
@@ -301,6 +307,7 @@ def apis_create(
         task_id=task_id,
         description=description,
         key_days=key_days,
+        rules=find_in_child,
         actor=_actor(),
     )
     click.echo(created.secret)

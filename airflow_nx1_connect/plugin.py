@@ -34,9 +34,13 @@ def _fastapi_apps() -> list[dict[str, Any]]:
 
 
 def _fastapi_root_middlewares() -> list[dict[str, Any]]:
+    from airflow_nx1_connect.web.misses import MountMisses
     from airflow_nx1_connect.web.streams import WholeSnapshotStreams
 
-    return [{"middleware": WholeSnapshotStreams, "name": "NX1 Connect whole-snapshot streams"}]
+    return [
+        {"middleware": WholeSnapshotStreams, "name": "NX1 Connect whole-snapshot streams"},
+        {"middleware": MountMisses, "name": "NX1 Connect paths the /nx1 mount cannot match"},
+    ]
 
 
 def _appbuilder_views() -> list[dict[str, Any]]:
@@ -53,7 +57,8 @@ class Nx1ConnectPlugin(AirflowPlugin):
     flask_blueprints = _Lazy(_flask_blueprints)  # type: ignore[assignment]
     fastapi_apps = _Lazy(_fastapi_apps)  # type: ignore[assignment]
     # Whole-snapshot streams under /pluginsv2/nx1/api/v1 answered without Starlette's
-    # WSGI middleware, which buffers a WSGI body without bound (see web.streams).
+    # WSGI middleware, which buffers a WSGI body without bound (see web.streams); /nx1 and
+    # paths holding a newline under the mounts answered by the data API (see web.misses).
     fastapi_root_middlewares = _Lazy(_fastapi_root_middlewares)  # type: ignore[assignment]
     # The admin view (FAB, served under /pluginsv2/nx1connect/) and its entry in the
     # Airflow 3 UI's navigation (a top-level sidebar item), shown inside the UI at

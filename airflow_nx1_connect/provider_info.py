@@ -21,11 +21,13 @@ _EXAMPLES = {
     "default_rate_limit": "600",
     "rate_limit_storage": "redis://127.0.0.1:6379/0",
 }
+_BOOLEANS = {"csv_escape_formulas"}
 _VERSION_ADDED = {
     "cors_allowed_origins": "0.2.0",
     "default_rate_limit": "0.2.0",
     "rate_limit_storage": "0.2.0",
     "read_timeout_s": "0.3.0",
+    "csv_escape_formulas": "0.3.0",
 }
 
 
@@ -35,7 +37,11 @@ def get_provider_info() -> dict[str, Any]:
         name: {
             "description": description,
             "version_added": _VERSION_ADDED.get(name, "0.1.0"),
-            "type": "integer" if name in _INTEGERS else "string",
+            "type": "integer"
+            if name in _INTEGERS
+            else "boolean"
+            if name in _BOOLEANS
+            else "string",
             "example": _EXAMPLES.get(name),
             # Airflow fills `{AIRFLOW_HOME}` in, so `airflow config get-value` shows the URL.
             "default": default,

@@ -2,13 +2,18 @@
 
     uv run python -m benchmarks.mount_bench [--quick]
 
-The 1M-row snapshot of `serve_bench` (SQLite store) is served by a real
+The 1M-row snapshot of `serve_bench` (SQLite store), and a second 1M-row snapshot of the
+same data API that shares half its rows with the first, are served by a real
 `airflow api-server --workers 1` with the plugin installed, in a fresh AIRFLOW_HOME.
-One client downloads `.../latest?format=csv` whole (about 48 MB) while reading no faster
-than RATE bytes/s (so the server must hold back or buffer what the client has not taken),
-and the server's RSS (every process of the api-server's session, summed) is sampled every second.
-The figure is the growth: the highest sample during the download minus the sample just
-before it (after one warm-up request on the same mount).
+One client downloads a whole CSV while reading no faster than RATE bytes/s (so the server
+must hold back or buffer what the client has not taken), and the server's RSS (every process
+of the api-server's session, summed) is sampled every second. The figure is the growth: the
+highest sample during the download minus the sample just before it (after one warm-up
+request on the same mount). Two downloads per mount:
+
+- `.../latest?format=csv`: the latest snapshot whole (about 48 MB);
+- `.../changes?since=<first>&format=csv`: the whole change feed between the two snapshots,
+  1,000,000 rows (500,000 deletes, then 500,000 inserts; about 50 MB).
 
 - M1 `/nx1/api/v1/...`: the plugin's FastAPI app (sent batch by batch, with backpressure).
 - M1 `/pluginsv2/nx1/api/v1/...`: the blueprint's mount, as shipped: the plugin's root
@@ -18,7 +23,7 @@ before it (after one warm-up request on the same mount).
   answers through Airflow's mount of Flask (Starlette's `WSGIMiddleware`, which queues a
   WSGI body without bound). Reported beside the target, not held to it.
 
-Target: growth < 50 MB on both shipped mounts.
+Target: growth < 50 MB on both shipped mounts, for both downloads.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import cli, rss_kb, sayer
-from benchmarks.serve_bench import NAME, build
+from benchmarks.serve_bench import NAME, _batches, build
 
 LIMIT_MB = 50
 #: Client read rate in bytes/s (quick, full).
@@ -152,13 +157,40 @@ def api_server(home: Path, store_url: str, divert: bool) -> Iterator[tuple[str, 
         yield url, server_session(int(url.rsplit(":", 1)[1]))
 
 
+def second_snapshot(store_url: str, rows: int) -> str:
+    """Publish a second `rows`-row snapshot of the data API whose rows are those of the first
+    from the middle on, then as many new ones; returns the first snapshot's id (the feed's
+    `since`: `rows` changes, half deletes, half inserts)."""
+    from airflow_nx1_connect.core import snapshots as snaps
+    from airflow_nx1_connect.core import store, writer
+
+    engine = store.get_engine(store_url)
+    first = snaps.latest_snapshot(engine, NAME)
+    half = rows // 2
+
+    def shifted() -> Iterator[list[tuple[Any, ...]]]:
+        for batch in _batches(rows + half):
+            kept = [row for row in batch if row[0] > half]
+            if kept:
+                yield kept
+
+    columns = snaps.resolve_columns(first, None)
+    writer.write_snapshot(engine, data_api=NAME, columns=columns, batches=shifted())
+    store.dispose_engines()
+    return first.id
+
+
+ROUTES = {"latest": "latest", "changes": "change feed"}
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Run M1 on both mounts, and on /pluginsv2 without the plugin's stream middleware."""
     rate = RATE[bool(quick)]
     with tempfile.TemporaryDirectory(prefix="nx1-mount-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        say("writing the 1,000,000-row snapshot")
+        say("writing the 1,000,000-row snapshots")
         store_url, key, _ = build(tmp, 1_000_000)
+        since = second_snapshot(store_url, 1_000_000)
         home = tmp / "airflow"
         home.mkdir()
         say("airflow db migrate")
@@ -169,28 +201,29 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             capture_output=True,
             timeout=300,
         )
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[tuple[str, str], dict[str, Any]] = {}
         for divert in (True, False):
             say(f"api-server ({'as shipped' if divert else 'without the stream middleware'})")
             with api_server(home, store_url, divert) as (url, session):
                 mounts = ("/nx1", "/pluginsv2/nx1") if divert else ("/pluginsv2/nx1",)
-                for mount in mounts:
-                    path = f"{url}{mount}/api/v1/data-apis/{NAME}/latest"
+                for mount, route in ((m, r) for m in mounts for r in ROUTES):
+                    path = f"{url}{mount}/api/v1/data-apis/{NAME}/{route}"
+                    query = f"since={since}&format=csv" if route == "changes" else "format=csv"
                     warm = httpx.get(
-                        f"{path}?format=csv&limit=10", headers={"X-API-Key": key}, timeout=60
+                        f"{path}?{query}&limit=10", headers={"X-API-Key": key}, timeout=120
                     )
                     warm.raise_for_status()
                     label = mount if divert else f"{mount} (no middleware)"
-                    say(f"slow reader on {label} at {rate / 1e6:.0f} MB/s")
-                    results[label] = r = slow_read(f"{path}?format=csv", key, rate, session)
+                    say(f"slow reader of the {ROUTES[route]} on {label} at {rate / 1e6:.0f} MB/s")
+                    results[route, label] = r = slow_read(f"{path}?{query}", key, rate, session)
                     say(
-                        f"{label}: {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s, RSS "
-                        f"{r['before_kb'] / 1024:.0f} -> peak {r['peak_kb'] / 1024:.0f} MB "
+                        f"{label} {route}: {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s, "
+                        f"RSS {r['before_kb'] / 1024:.0f} -> peak {r['peak_kb'] / 1024:.0f} MB "
                         f"(+{r['growth_mb']:.1f} MB, {r['samples']} samples)"
                     )
-    before = results["/pluginsv2/nx1 (no middleware)"]["growth_mb"]
     rows = []
-    for label, r in results.items():
+    for (route, label), r in results.items():
+        before = results[route, "/pluginsv2/nx1 (no middleware)"]["growth_mb"]
         shipped = "no middleware" not in label
         mount = label.removesuffix(" (no middleware)")
         if not shipped:
@@ -199,12 +232,17 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             note = f"; with the stream middleware off: +{before:.0f} MB"
         else:
             note = ""
+        what = (
+            "the whole 1M-row CSV"
+            if route == "latest"
+            else "the whole 1M-row change feed as CSV (since the first snapshot)"
+        )
         rows.append(
             {
                 "id": "M1",
                 "figure": (
-                    f"api-server RSS growth (MB) while one client reads the whole 1M-row CSV "
-                    f"({r['bytes'] / 1e6:.0f} MB) of `{mount}/api/v1/.../latest` at "
+                    f"api-server RSS growth (MB) while one client reads {what} "
+                    f"({r['bytes'] / 1e6:.0f} MB) of `{mount}/api/v1/.../{route}` at "
                     f"{rate / 1e6:.0f} MB/s ({r['seconds']:.0f} s, RSS sampled every second)" + note
                 ),
                 "ours": round(r["growth_mb"], 1),

@@ -103,3 +103,15 @@ def airflow_db() -> Path:
         timeout=240,
     )
     return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def rule_dags(airflow_db: Path) -> Path:
+    """The session's DAG folder (`$AIRFLOW_HOME/dags`) with the rule DAGs of
+    `tests.rule_dags.RULES`, serialized by Airflow; returns the folder."""
+    from tests.rule_dags import serialize, write_rule_dags
+
+    folder = airflow_db / "dags"
+    write_rule_dags(folder)
+    serialize({"AIRFLOW_HOME": str(airflow_db)})
+    return folder

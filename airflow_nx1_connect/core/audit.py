@@ -1,8 +1,11 @@
 """The audit trail: every admin action, who did it, when and from where. Never a secret.
 
 `record` writes one event into `nx1_audit`; `list_events` reads them back, newest first.
-Actors are the Airflow user's name (admin REST API, admin view) or `cli:<os user>` (the
-command line, see `cli_actor`). `detail` holds small facts about the action (days, the new
+Each event carries the data API's name and its identity (`nx1_data_apis.api_id`, new for every
+data API ever made): a user who may see one kind sees the events of the data APIs of that kind
+that exist now, never those of a deleted data API whose name was taken again. Actors are the
+Airflow user's name (admin REST API, admin view) or `cli:<os user>` (the command line, see
+`cli_actor`). `detail` holds small facts about the action (days, the new
 key's id, ...); any text shaped like a data API key is dropped from it before it is stored.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import ValidationError
-from airflow_nx1_connect.core.store import audit
+from airflow_nx1_connect.core.store import audit, data_apis
 
 #: The actions recorded (the `action` field of an event).
 ACTIONS = (
@@ -95,19 +99,30 @@ def record(
     actor: str,
     action: str,
     data_api: str | None = None,
+    data_api_id: str | None = None,
     key_id: str | None = None,
     remote_addr: str | None = None,
     detail: dict[str, Any] | None = None,
     now: dt.datetime | None = None,
 ) -> None:
-    """Record one admin action. `detail` is scrubbed of anything shaped like a key."""
+    """Record one admin action. `detail` is scrubbed of anything shaped like a key.
+
+    `data_api_id` (the data API's `api_id`) defaults to that of the data API called
+    `data_api` now; pass it for a data API that is already deleted.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
+    identity: Any = data_api_id
+    if identity is None and data_api is not None:
+        identity = (
+            sa.select(data_apis.c.api_id).where(data_apis.c.name == data_api).scalar_subquery()
+        )
     values = {
         "at": now or utcnow(),
         "actor": _scrub(actor or "unknown")[:_ACTOR_LENGTH],
         "action": action,
         "data_api": data_api,
+        "data_api_id": identity,
         "key_id": key_id,
         "remote_addr": (remote_addr or None) and remote_addr[:_ADDR_LENGTH],
         "detail": _scrub(detail) if detail else None,
@@ -136,27 +151,41 @@ def validate_limit(limit: object) -> int:
     return value
 
 
+def data_api_id(bind: Engine | Connection, name: str) -> str | None:
+    """The identity (`api_id`) of the data API called `name` now, or None."""
+    query = sa.select(data_apis.c.api_id).where(data_apis.c.name == name)
+    if isinstance(bind, Connection):
+        return bind.execute(query).scalar()
+    with bind.connect() as conn:
+        return conn.execute(query).scalar()
+
+
 def list_events(
     engine: Engine,
     *,
     data_api: str | None = None,
     key_id: str | None = None,
-    only_data_apis: set[str] | None = None,
+    kinds: Iterable[str] | None = None,
     limit: int | str | None = None,
 ) -> list[AuditEvent]:
     """Events, newest first; only those of `data_api` and/or `key_id` when given.
 
-    `only_data_apis` (when given) is the set of data API names whose events may be returned:
-    callers that may see only some kinds pass the names of those data APIs.
+    `kinds` (when given: a caller who may see only some kinds) keeps the events recorded for
+    data APIs of those kinds that exist now, by identity: not those of a deleted data API,
+    even when another one has its name now. Without `kinds` (Admin, the command line) every
+    event is returned, and `data_api` matches every data API that had that name.
     """
     count = validate_limit(limit)
     query = sa.select(audit).order_by(audit.c.at.desc(), audit.c.id.desc())
-    if data_api is not None:
+    if kinds is not None:
+        live = sa.select(data_apis.c.api_id).where(data_apis.c.kind.in_(sorted(set(kinds))))
+        if data_api is not None:
+            live = live.where(data_apis.c.name == data_api)
+        query = query.where(audit.c.data_api_id.in_(live))
+    elif data_api is not None:
         query = query.where(audit.c.data_api == data_api)
     if key_id is not None:
         query = query.where(audit.c.key_id == key_id)
-    if only_data_apis is not None:
-        query = query.where(audit.c.data_api.in_(sorted(only_data_apis)))
     with engine.connect() as conn:
         rows = conn.execute(query.limit(count)).all()
     return [

@@ -4,14 +4,25 @@ The command line, the admin view and the admin REST API call these, never `core.
 `core.snapshots` directly for a change, so every change lands in the audit trail
 (`core.audit`) with its actor (`cli:<os user>` or the Airflow user) and remote address.
 Also the public dicts of a data API (`apis list --json`) and a key with its usage.
+
+Least privilege, through two ports that the adapters fill with Airflow's answers (core does
+not import Airflow):
+
+- a data API is bound only to a real rule task: `create_data_api` asks a `RuleFinder`
+  (`airflow_nx1_connect.rule_tasks.find_rule_task`) what task `dag_id`.`task_id` is, and
+  refuses (ValidationError, 400) anything but a rule operator of the data API's kind that
+  publishes to that name;
+- a key with the `run` scope is created or rotated only by an actor who may trigger the rule's
+  DAG (`Actor.may_trigger`, which the web adapters ask of Airflow's auth manager; the command
+  line acts as the machine's operator, `Actor.operator`); otherwise AdminForbidden (403).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -19,6 +30,7 @@ from sqlalchemy.engine import Engine
 from airflow_nx1_connect.core import audit, keys, snapshots, usage
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import (
+    AdminForbidden,
     Conflict,
     DataApiNotFound,
     SnapshotNotFound,
@@ -33,12 +45,47 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
 FIRST_KEY_DESCRIPTION = "first key, created with the data API"
 
 
+def _may_not_trigger(dag_id: str | None) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Actor:
-    """Who acts, and from where (None for the command line)."""
+    """Who acts, and from where (None for the command line).
+
+    `may_trigger(dag_id)` says whether the actor may trigger a run of that DAG (a key with the
+    `run` scope lets an app do it); by default nobody may: the web adapters ask Airflow's auth
+    manager for the logged-in user, and the command line acts as the machine's operator
+    (`Actor.operator`).
+    """
 
     name: str
     remote_addr: str | None = None
+    may_trigger: Callable[[str | None], bool] = field(default=_may_not_trigger, compare=False)
+
+    @classmethod
+    def operator(cls, name: str) -> Actor:
+        """The machine's operator (the command line): may trigger any DAG."""
+        return cls(name, None, lambda _dag_id: True)
+
+
+#: Rule operators by kind (what the messages name).
+RULE_OPERATORS = {"ask": "AskRuleOperator", "engineer": "EngineerRuleOperator"}
+
+
+@dataclass(frozen=True)
+class RuleTask:
+    """A task as Airflow can load it: its operator class and, for a rule operator (`kind`
+    set), the data API it publishes to."""
+
+    task_type: str
+    kind: str | None = None
+    data_api: str | None = None
+
+
+#: Finds task `task_id` of DAG `dag_id` in what Airflow can load (None: no such DAG or
+#: task). The adapters pass `airflow_nx1_connect.rule_tasks.find_rule_task`.
+RuleFinder = Callable[[str, str], "RuleTask | None"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,6 +144,38 @@ def _rule_id(value: object, field: str) -> str:
     return value
 
 
+def check_rule_task(rules: RuleFinder, *, name: str, kind: str, dag_id: str, task_id: str) -> None:
+    """ValidationError unless `dag_id`.`task_id` is a rule task of `kind` publishing to `name`."""
+    task = rules(dag_id, task_id)
+    where = f"Task {task_id!r} of DAG {dag_id!r}"
+    if task is None:
+        raise ValidationError(
+            f"{where} is not in Airflow: no DAG {dag_id!r} with a task {task_id!r} in its "
+            "serialized DAGs or DAG folder. A data API is bound to a rule task that Airflow "
+            "can load; deploy the rule's DAG first, or check the ids.",
+            field="task_id",
+        )
+    expected = RULE_OPERATORS[kind]
+    if task.kind is None:
+        raise ValidationError(
+            f"{where} is a {task.task_type}, not a rule: an {kind} data API is bound to an "
+            f"{expected} task.",
+            field="task_id",
+        )
+    if task.kind != kind:
+        raise ValidationError(
+            f"{where} is an {task.task_type} (an {task.kind} rule); an {kind} data API is "
+            f"bound to an {expected} task.",
+            field="task_id",
+        )
+    if task.data_api != name:
+        raise ValidationError(
+            f"{where} publishes to data API {task.data_api!r}, not {name!r}: name the data "
+            f"API {task.data_api!r}, or bind {name!r} to the rule task that publishes to it.",
+            field="task_id",
+        )
+
+
 def create_data_api(
     engine: Engine,
     *,
@@ -106,13 +185,16 @@ def create_data_api(
     task_id: str,
     description: str | None = None,
     key_days: int | str | None = None,
+    rules: RuleFinder,
     actor: Actor,
 ) -> tuple[snapshots.DataApi, keys.CreatedKey]:
     """Register a data API ahead of its rule's first run, bound to `dag_id`.`task_id`.
 
-    Returns the data API and its first key (the secret, shown once). Until the rule's
-    first run publishes, reads answer 404 "no snapshot published yet"; that run publishes
-    into it (another task claiming the name is refused). Conflict when the name is taken.
+    Returns the data API and its first key (read only; the secret, shown once). The task
+    must be a rule task of `kind` that publishes to `name`, as `rules` finds it in Airflow
+    (ValidationError otherwise, nothing created). Until the rule's first run publishes,
+    reads answer 404 "no snapshot published yet"; that run publishes into it (another task
+    claiming the name is refused). Conflict when the name is taken.
     """
     snapshots.validate_name(name)
     if kind not in KINDS:
@@ -145,6 +227,7 @@ def create_data_api(
             f"A data API called {name!r} already exists{owner}; choose another name, or "
             f"delete it first with: nx1-connect apis delete {name}"
         )
+    check_rule_task(rules, name=name, kind=kind, dag_id=dag_id, task_id=task_id)
     api = snapshots.register_data_api(
         engine, name=name, kind=kind, description=text, dag_id=dag_id, task_id=task_id
     )
@@ -164,6 +247,7 @@ def create_data_api(
 def delete_data_api(engine: Engine, name: str, *, actor: Actor) -> dict[str, int]:
     """Delete a data API with its keys and snapshots; returns how many of each went."""
     snapshots.get_data_api(engine, name)
+    identity = audit.data_api_id(engine, name)
     n_keys = len(keys.list_keys(engine, data_api=name))
     n_snaps = len(
         snapshots.list_snapshots(engine, name, statuses=("published", "writing", "failed"))
@@ -175,6 +259,7 @@ def delete_data_api(engine: Engine, name: str, *, actor: Actor) -> dict[str, int
         actor=actor.name,
         action="delete_data_api",
         data_api=name,
+        data_api_id=identity,
         remote_addr=actor.remote_addr,
         detail=counts,
     )
@@ -196,7 +281,12 @@ def create_key(
     rate_limit: int | str | None = None,
     actor: Actor,
 ) -> keys.CreatedKey:
-    """Create a key (see `core.keys.create_key`) and audit it."""
+    """Create a key (see `core.keys.create_key`) and audit it.
+
+    A key with the `run` scope only for an actor who may trigger the rule's DAG (403).
+    """
+    if "run" in set(scopes or ()):
+        check_may_trigger(engine, actor, data_api)
     created = keys.create_key(
         engine,
         data_api=data_api,
@@ -216,6 +306,19 @@ def create_key(
         detail={"expires": k.expires_at, "scopes": list(k.scopes), "rate_limit": k.rate_limit},
     )
     return created
+
+
+def check_may_trigger(engine: Engine, actor: Actor, data_api: str) -> None:
+    """AdminForbidden unless `actor` may trigger the DAG of `data_api`'s rule."""
+    api = snapshots.get_data_api(engine, data_api)
+    if not actor.may_trigger(api.dag_id):
+        dag = f"DAG {api.dag_id!r}" if api.dag_id else "DAGs"
+        raise AdminForbidden(
+            f"User {actor.name!r} may not make or rotate a key with the run scope for data API "
+            f"{data_api!r}: Airflow does not let this user trigger {dag}, and a run key "
+            "would. Make a read-only key, or ask an Airflow administrator for the right to "
+            "trigger it."
+        )
 
 
 def extend_key(engine: Engine, key_id: str, *, days: int | str, actor: Actor) -> keys.ApiKey:
@@ -240,7 +343,13 @@ def rotate_key(
     actor: Actor,
     now: dt.datetime | None = None,
 ) -> tuple[keys.CreatedKey, keys.ApiKey]:
-    """Rotate a key (see `core.keys.rotate_key`) and audit it: (new key, old key)."""
+    """Rotate a key (see `core.keys.rotate_key`) and audit it: (new key, old key).
+
+    A key with the `run` scope only by an actor who may trigger the rule's DAG (403).
+    """
+    current = keys.get_key(engine, key_id)
+    if "run" in current.scopes:
+        check_may_trigger(engine, actor, current.data_api)
     created, old = keys.rotate_key(
         engine,
         key_id,

@@ -105,7 +105,8 @@ class RunRefused(Nx1Error):
 
 
 class RunsUnavailable(Nx1Error):
-    """Airflow (its metadata database) cannot be asked about runs right now (public: 503)."""
+    """Airflow (its metadata database) cannot be asked about runs or rule tasks right now
+    (public: 503)."""
 
 
 class Conflict(Nx1Error):

@@ -75,6 +75,14 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "redis://127.0.0.1:6379/0 to share them between processes. "
         "Sensitive: may be given as rate_limit_storage_cmd or rate_limit_storage_secret.",
     ),
+    "csv_escape_formulas": (
+        "False",
+        "When True, CSV cells of TEXT columns that begin with =, +, -, @, a tab or a carriage "
+        "return get a leading ' so that spreadsheets show them as text instead of running them "
+        "as formulas. Turn it on when people open the CSV in Excel, LibreOffice or Google "
+        "Sheets; leave it off (the default) for programs, which then get the data unchanged. "
+        "Other formats never change.",
+    ),
 }
 
 #: Options that Airflow treats as sensitive (hidden, masked in logs, `_cmd`/`_secret` allowed).
@@ -224,6 +232,19 @@ def _whole_number(values: dict[str, str], option: str, minimum: int = 1) -> int:
     return value
 
 
+_TRUE, _FALSE = ("true", "t", "1", "yes", "on"), ("false", "f", "0", "no", "off", "")
+
+
+def _boolean(values: dict[str, str], option: str) -> bool:
+    text = values[option].lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(
+        f"[{SECTION}] {option} must be True or False, got {values[option]!r}; "
+        f"set {_env_name(option)} to True or False."
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved `[nx1_connect]` options."""
@@ -237,6 +258,7 @@ class Settings:
     default_rate_limit: int = 0
     rate_limit_storage: str = "memory://"
     read_timeout_s: int = 30
+    csv_escape_formulas: bool = False
 
 
 def _settings(values: dict[str, str]) -> Settings:
@@ -251,6 +273,7 @@ def _settings(values: dict[str, str]) -> Settings:
         default_rate_limit=_whole_number(values, "default_rate_limit", minimum=0),
         rate_limit_storage=values["rate_limit_storage"] or OPTIONS["rate_limit_storage"][0],
         read_timeout_s=_whole_number(values, "read_timeout_s"),
+        csv_escape_formulas=_boolean(values, "csv_escape_formulas"),
     )
     if settings.default_page_size > settings.max_page_size:
         raise ConfigError(

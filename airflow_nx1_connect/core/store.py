@@ -14,6 +14,7 @@ import functools
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,7 +101,11 @@ data_apis = sa.Table(
     sa.Column("last_failure_run_id", sa.String(250), nullable=True),
     sa.Column("last_failure_at", UTCDateTime, nullable=True),
     sa.Column("last_failure_detail", sa.Text, nullable=True),
+    # A stable id, new for every data API ever made: one that takes a deleted one's name gets
+    # another, so audit events (`nx1_audit.data_api_id`) stay with the data API they were for.
+    sa.Column("api_id", sa.String(32), nullable=True, default=lambda: uuid.uuid4().hex),
     sa.CheckConstraint("kind IN ('ask', 'engineer')", name="kind"),
+    sa.Index("ix_nx1_data_apis_api_id", "api_id", unique=True),
 )
 
 snapshots = sa.Table(
@@ -185,10 +190,14 @@ audit = sa.Table(
     sa.Column("actor", sa.String(250), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("data_api", sa.String(63), nullable=True),
+    # `nx1_data_apis.api_id` of the data API the event was recorded for (no foreign key: the
+    # event outlives it); None for events older than revision 0005 that no data API claims.
+    sa.Column("data_api_id", sa.String(32), nullable=True),
     sa.Column("key_id", sa.String(32), nullable=True),
     sa.Column("remote_addr", sa.String(64), nullable=True),
     sa.Column("detail", sa.JSON, nullable=True),
     sa.Index("ix_nx1_audit_at", "at"),
+    sa.Index("ix_nx1_audit_data_api_id", "data_api_id"),
 )
 
 #: Runs of a rule's DAG requested through the data API (`POST .../runs`).

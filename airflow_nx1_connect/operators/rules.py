@@ -248,6 +248,12 @@ class _RuleOperator(BaseSQLOperator):
         #: The snapshot this run published (for the OpenLineage COMPLETE event).
         self._published: snaps.Snapshot | None = None
 
+    @classmethod
+    def get_serialized_fields(cls) -> frozenset[str]:
+        """Airflow's serialized fields plus `data_api`: the serialized DAG then says which data
+        API each rule task publishes to (checked when a data API is bound to a rule task)."""
+        return frozenset(super().get_serialized_fields() | {"data_api"})
+
     # -- hooks for the subclasses -------------------------------------------------------
 
     def _statements(self, sql: str) -> list[str]:

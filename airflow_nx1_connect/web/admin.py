@@ -8,9 +8,13 @@ A Flask-AppBuilder view served by the api-server's `/pluginsv2` Flask app, at
   on which they have `can_read`, and manages (creates data APIs ahead of their first run;
   creates, extends, rotates, revokes, deletes keys; deletes data APIs) those on which they
   have `can_edit` (see `airflow_nx1_connect.web.roles`); anyone else gets 403;
-- every state change is a POST carrying a CSRF token, checked here even if Flask-WTF's
-  global CSRF protection were turned off, and goes through `core.control`, which records it
-  in the audit trail with the logged-in user as its actor.
+- a data API is created only for a real rule task of its kind (`core.control`); a key with
+  the `run` scope is made or rotated only by a user whom Airflow lets trigger the rule's DAG
+  (403 otherwise);
+- every state change is a POST carrying a CSRF token in its form, checked here even if
+  Flask-WTF's global CSRF protection were turned off (a missing or bad one: 400 with the
+  error page), and goes through `core.control`, which records it in the audit trail with
+  the logged-in user as its actor.
 
 The pages have no FAB navigation bar: inside the Airflow 3 UI they are shown in a frame next
 to Airflow's own sidebar (see `templates/nx1connect/base.html`).
@@ -45,14 +49,17 @@ from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as core_snapshots
 from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import (
+    AdminForbidden,
     Conflict,
     DataApiNotFound,
     KeyNotFound,
+    RunsUnavailable,
     SnapshotNotFound,
     StoreUnavailable,
     ValidationError,
 )
 from airflow_nx1_connect.core.settings import get_settings
+from airflow_nx1_connect.rule_tasks import find_rule_task
 from airflow_nx1_connect.web import roles
 
 log = logging.getLogger(__name__)
@@ -214,7 +221,11 @@ def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 if request.method == "POST":
                     abort(401)
                 return redirect(self._login_url())
-            g.nx1_actor = control.Actor(_user_name(user), request.remote_addr)
+            g.nx1_actor = control.Actor(
+                _user_name(user),
+                request.remote_addr,
+                lambda dag_id: roles.may_trigger_dag(user, dag_id),
+            )
             g.nx1_read = roles.kinds_allowed(user, roles.ACTION_READ)
             g.nx1_edit = roles.kinds_allowed(user, roles.ACTION_EDIT) & g.nx1_read
             allowed = g.nx1_edit if action == roles.ACTION_EDIT else g.nx1_read
@@ -223,14 +234,23 @@ def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     "You need the nx1_ask or nx1_engineer role (or Admin) to use NX1 Connect. "
                     "Ask an Airflow administrator to add it to your user."
                 )
-            if request.method == "POST":
-                self._check_csrf()
             try:
+                if request.method == "POST":
+                    self._check_csrf()
                 return func(self, *args, **kwargs)
             except _Refused as refused:
                 return refused.response
+            except AdminForbidden as exc:
+                return self._forbidden(str(exc))
             except StoreUnavailable as exc:
                 return self._error(503, "The snapshot store is unavailable", str(exc))
+            except RunsUnavailable:
+                return self._error(
+                    503,
+                    "Airflow is unavailable",
+                    "Airflow's metadata database cannot be reached right now; try again in a "
+                    "few seconds.",
+                )
             except sa.exc.OperationalError as exc:
                 detail = store.describe_store_error(self._engine(), exc)
                 return self._error(503, "The snapshot store is unavailable", detail)
@@ -470,6 +490,7 @@ class Nx1ConnectView(BaseView):
                         task_id=form["task_id"],
                         description=form["description"] or None,
                         key_days=form["key_days"],
+                        rules=find_rule_task,
                         actor=g.nx1_actor,
                     )
                 except ValidationError as exc:
@@ -502,13 +523,11 @@ class Nx1ConnectView(BaseView):
         name = request.args.get("data_api") or None
         if name is not None:
             self._data_api(name)
-        visible: set[str] | None = None
-        if set(g.nx1_read) != set(roles.RESOURCES):
-            # Events of data APIs of the other kind (or already deleted ones, whose kind is
-            # no longer known) stay hidden from a user who may see only one kind.
-            visible = {a.name for a in core_snapshots.list_data_apis(engine, sorted(g.nx1_read))}
+        # A user who may see one kind sees the events of that kind's data APIs that exist
+        # now, by identity: never those of a deleted data API, whatever name it had.
+        admin = set(g.nx1_read) == set(roles.RESOURCES)
         events = core_audit.list_events(
-            engine, data_api=name, only_data_apis=visible, limit=AUDIT_ROWS
+            engine, data_api=name, kinds=None if admin else g.nx1_read, limit=AUDIT_ROWS
         )
         return self._page("audit.html", events=events, data_api=name, limit=AUDIT_ROWS)
 
@@ -550,15 +569,19 @@ class Nx1ConnectView(BaseView):
             "rate_limit": request.form.get("rate_limit", ""),
         }
         errors: dict[str, str] = {}
+        status = 200
         if request.method == "POST":
-            created, errors = self._create(form)
+            try:
+                created, errors = self._create(form)
+            except AdminForbidden as exc:  # a run key, by a user who may not trigger the DAG
+                created, errors, status = None, {"scopes": str(exc)}, 403
             if created is not None:
                 response = self._page("key_created.html", 201, created=created)
                 response.headers["Pragma"] = "no-cache"
                 return response
         return self._page(
             "key_form.html",
-            400 if errors else 200,
+            status if status != 200 else 400 if errors else 200,
             form=form,
             errors=errors,
             choices=self._manageable(),

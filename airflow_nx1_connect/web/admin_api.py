@@ -5,7 +5,10 @@ Authentication is Airflow's own API token, `Authorization: Bearer <JWT>` from Ai
 read from that header only, never from Airflow's cookie, so a page on another origin cannot
 act for a logged-in browser; data API keys are refused (401). Authorization asks the auth
 manager (`is_authorized_custom_view`) about the two resources the admin view uses
-(`web.roles.RESOURCES`): GET on the data API's kind to read, PUT to change. Every change
+(`web.roles.RESOURCES`): GET on the data API's kind to read, PUT to change; a key with the
+`run` scope is made or rotated only by a user it lets trigger the rule's DAG
+(`web.roles.may_trigger_dag`). A data API is bound only to a real rule task
+(`rule_tasks.find_rule_task`, see `core.control`). Every change
 goes through `core.control`, so it is audited with the Airflow user and the client address.
 Errors are problem+json through `core.serving.problem_for`.
 """
@@ -30,6 +33,7 @@ from airflow_nx1_connect.core.errors import (
     Nx1Error,
 )
 from airflow_nx1_connect.core.serving import http
+from airflow_nx1_connect.rule_tasks import find_rule_task
 from airflow_nx1_connect.web import admin_models as am
 from airflow_nx1_connect.web import models, roles
 
@@ -51,7 +55,9 @@ class Caller:
     def __init__(self, user: Any, remote_addr: str | None) -> None:
         self.user = user
         self.name = str(user.get_name())
-        self.actor = control.Actor(self.name, remote_addr)
+        self.actor = control.Actor(
+            self.name, remote_addr, lambda dag_id: roles.may_trigger_dag(user, dag_id)
+        )
         self.readable = self._kinds(user, "GET")
         self.editable = self._kinds(user, "PUT") & self.readable
         if not self.readable:
@@ -141,11 +147,17 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _problem("A body or parameter that is not valid (the detail says which)."),
+    400: _problem(
+        "A body or parameter that is not valid (the detail says which), e.g. a dag_id and "
+        "task_id that name no rule task of that kind publishing to that name."
+    ),
     401: _problem("No Airflow API token, an invalid or expired one, or a data API key."),
-    403: _problem("The user lacks the NX1 Connect permission for this data API's kind."),
+    403: _problem(
+        "The user lacks the NX1 Connect permission for this data API's kind, or (a key with "
+        "the run scope) Airflow's permission to trigger the rule's DAG."
+    ),
     404: _problem("No such data API or key."),
-    503: _problem("The snapshot store cannot be reached."),
+    503: _problem("The snapshot store, or Airflow's metadata database, cannot be reached."),
 }
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: _problem("The name is taken, or the key is revoked.")
@@ -207,6 +219,7 @@ def create_data_api(body: am.CreateDataApiBody, caller: CallerDep) -> JSONRespon
         task_id=body.task_id,
         description=body.description,
         key_days=body.key_days,
+        rules=find_rule_task,
         actor=caller.actor,
     )
     key = {**control.key_dict(engine, created.key), "key": created.secret}
@@ -374,20 +387,23 @@ def list_audit(
         int | None, Query(ge=1, le=audit.MAX_LIMIT, description="At most this many (100).")
     ] = None,
 ) -> JSONResponse:
-    """Admin actions, newest first. A user who manages one kind sees the events of the data
-    APIs of that kind that exist; Admin (both kinds) sees all, deleted data APIs included."""
+    """Admin actions, newest first. A user who may see one kind sees the events of the data
+    APIs of that kind that exist now (never those of a deleted data API, even when another
+    has its name now); Admin (both kinds) sees all, deleted data APIs included."""
     engine = _engine()
-    only: set[str] | None = None
+    admin = caller.readable == set(roles.RESOURCES)
     if data_api is not None:
         try:
             _data_api(caller, data_api, edit=False)
         except DataApiNotFound:
-            if caller.readable != set(roles.RESOURCES):
+            if not admin:
                 raise
-    if caller.readable != set(roles.RESOURCES):
-        only = {a.name for a in snapshots.list_data_apis(engine, kinds=sorted(caller.readable))}
     events = audit.list_events(
-        engine, data_api=data_api, key_id=key_id, only_data_apis=only, limit=limit
+        engine,
+        data_api=data_api,
+        key_id=key_id,
+        kinds=None if admin else caller.readable,
+        limit=limit,
     )
     return _json([e.to_dict() for e in events])
 

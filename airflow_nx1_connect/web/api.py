@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_nx1_connect.core import serving
 from airflow_nx1_connect.core.settings import get_settings
-from airflow_nx1_connect.web import admin_api, models
+from airflow_nx1_connect.web import admin_api, links, models
 from airflow_nx1_connect.web.runs import launcher
 
 API_PREFIX = "/api/v1"
@@ -36,7 +36,7 @@ def _request(request: Request) -> serving.Request:
     url = request.url
     return serving.Request(
         method=request.method,
-        url_root=f"{url.scheme}://{url.netloc}",
+        url_root=links.url_root(url.path),
         path=url.path,
         query=list(request.query_params.multi_items()),
         headers=dict(request.headers.items()),

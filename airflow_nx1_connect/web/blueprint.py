@@ -15,6 +15,7 @@ from flask import Response as FlaskResponse
 from werkzeug.exceptions import HTTPException
 
 from airflow_nx1_connect.core import serving
+from airflow_nx1_connect.web import links
 from airflow_nx1_connect.web.runs import launcher
 
 URL_PREFIX = "/nx1/api/v1"
@@ -34,10 +35,11 @@ def _exempt_from_csrf(state: Any) -> None:
 
 
 def _request() -> serving.Request:
+    path = request.script_root + request.path
     return serving.Request(
         method=request.method,
-        url_root=request.host_url.rstrip("/"),
-        path=request.script_root + request.path,
+        url_root=links.url_root(path),
+        path=path,
         query=list(request.args.items(multi=True)),
         headers=dict(request.headers.items()),
     )

@@ -121,3 +121,33 @@ def kinds_allowed(
             method=_METHODS[action], resource_name=RESOURCES[kind], user=user
         )
     }
+
+
+def may_trigger_dag(user: Any, dag_id: str | None) -> bool:
+    """Whether Airflow's auth manager lets `user` trigger a run of DAG `dag_id`.
+
+    The question Airflow's own `POST /api/v2/dags/{dag_id}/dagRuns` asks
+    (`is_authorized_dag`, POST on the DAG's runs, with the DAG's team). A key with the `run`
+    scope lets an app trigger the rule's DAG, so only such a user may make or rotate one.
+    """
+    if user is None or getattr(user, "is_anonymous", False):
+        return False
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        DagAccessEntity,
+        DagDetails,
+    )
+
+    team_name = None
+    if dag_id:
+        from airflow.models.dag import DagModel
+
+        team_name = DagModel.get_team_name(dag_id)
+    return bool(
+        get_auth_manager().is_authorized_dag(
+            method="POST",
+            access_entity=DagAccessEntity.RUN,
+            details=DagDetails(id=dag_id, team_name=team_name),
+            user=user,
+        )
+    )

@@ -5,8 +5,9 @@ Airflow mounts the `/pluginsv2` Flask app through Starlette's `WSGIMiddleware`, 
 queues the body a WSGI app yields in an unbounded memory stream: a slow client of a
 whole-snapshot stream makes the server hold the whole snapshot in memory. This ASGI
 middleware, registered by the plugin as a FastAPI root middleware, answers exactly those
-requests (GET/HEAD of a rows route without `limit`, in a streamed format) with the
-plugin's FastAPI adapter, which sends one batch at a time with backpressure. Both adapters
+requests (GET/HEAD of a rows route or of the change feed without `limit`, in a streamed
+format) with the plugin's FastAPI adapter, which sends one batch at a time with
+backpressure. Both adapters
 call the same `core.serving.handle`, so the answer (status, headers, body) is the one the
 blueprint would give; every other request under `/pluginsv2` goes to Flask as before.
 
@@ -24,7 +25,8 @@ from urllib.parse import parse_qsl
 from airflow_nx1_connect.core.serving.params import negotiate
 
 MOUNT = "/pluginsv2/nx1"
-_ROWS = re.compile(r"^/pluginsv2/nx1/api/v1/data-apis/[^/]+/(latest|snapshots/[^/]+)/?$")
+#: The routes that stream without `limit`: rows (`latest`, `snapshots/{id}`) and the change feed.
+_ROWS = re.compile(r"^/pluginsv2/nx1/api/v1/data-apis/[^/]+/(latest|snapshots/[^/]+|changes)/?$")
 
 
 _RUNS = re.compile(r"^/pluginsv2/nx1/api/v1/data-apis/[^/]+/runs(/[^/]+)?/?$")
@@ -36,7 +38,8 @@ def waits_for_a_run(path: str, headers: dict[str, str]) -> bool:
 
 
 def streams_whole_snapshot(path: str, query_string: bytes, headers: dict[str, str]) -> bool:
-    """True for a rows request that streams the whole snapshot (no `limit`, not JSON)."""
+    """True for a request that streams a whole snapshot or change feed (no `limit`, not
+    JSON)."""
     if not _ROWS.match(path):
         return False
     query = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)

@@ -1,6 +1,11 @@
 """The control plane's core (core.control, core.audit, key rotation, usage reads) on real
 SQLite and PostgreSQL stores, and the CLI commands built on it (apis create, keys rotate,
-audit list) through the installed console script."""
+audit list) through the installed console script.
+
+Core asks Airflow through two ports: which task a rule task is (`RuleFinder`) and whether
+an actor may trigger a DAG (`Actor.may_trigger`). Here a finder over the rules of
+`tests.rule_dags` stands for Airflow; the CLI test asks the session's real Airflow (its
+serialized DAGs), and the web tests ask it through the real api-server."""
 
 from __future__ import annotations
 
@@ -15,15 +20,29 @@ import sqlalchemy as sa
 from airflow_nx1_connect.core import audit, control, keys, usage, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import (
+    AdminForbidden,
     Conflict,
     RuleError,
     SnapshotNotFound,
     ValidationError,
 )
 from airflow_nx1_connect.core.store import key_usage as key_usage_table
+from tests.rule_dags import RULES
 from tests.test_cli import KEY_LINE, ok, user_error
 
-ACTOR = control.Actor("alice", "10.0.0.7")
+#: An Airflow user allowed to trigger every DAG (as Admin is).
+ACTOR = control.Actor("alice", "10.0.0.7", lambda dag_id: True)
+
+
+def rules(dag_id: str, task_id: str) -> control.RuleTask | None:
+    """The rule tasks of `tests.rule_dags.RULES`, and one task that is no rule."""
+    if (dag_id, task_id) == ("payroll", "export"):
+        return control.RuleTask("BashOperator")
+    found = RULES.get((dag_id, task_id))
+    if found is None:
+        return None
+    kind, data_api = found
+    return control.RuleTask(control.RULE_OPERATORS[kind], kind, data_api)
 
 
 def test_create_data_api_ahead_of_first_run(engine: Any) -> None:
@@ -34,6 +53,7 @@ def test_create_data_api_ahead_of_first_run(engine: Any) -> None:
         dag_id="retail",
         task_id="weekly",
         description="  Weekly top  ",
+        rules=rules,
         actor=ACTOR,
     )
     assert (api.name, api.kind, api.dag_id, api.task_id) == ("weekly", "ask", "retail", "weekly")
@@ -44,7 +64,7 @@ def test_create_data_api_ahead_of_first_run(engine: Any) -> None:
         snaps.latest_snapshot(engine, "weekly")
     with pytest.raises(Conflict, match="already exists"):
         control.create_data_api(
-            engine, name="weekly", kind="ask", dag_id="x", task_id="y", actor=ACTOR
+            engine, name="weekly", kind="ask", dag_id="x", task_id="y", rules=rules, actor=ACTOR
         )
     # Another task, or the other kind, cannot claim it; the rule's own first run publishes.
     with pytest.raises(RuleError, match="belongs to task"):
@@ -84,9 +104,146 @@ def test_create_data_api_ahead_of_first_run(engine: Any) -> None:
 def test_create_data_api_validation(engine: Any, kwargs: dict[str, Any], field: str) -> None:
     args: dict[str, Any] = {"name": "ok", "kind": "ask", "dag_id": "d", "task_id": "t", **kwargs}
     with pytest.raises(ValidationError) as info:
-        control.create_data_api(engine, actor=ACTOR, **args)
+        control.create_data_api(engine, rules=rules, actor=ACTOR, **args)
     assert info.value.field == field
     assert snaps.list_data_apis(engine) == [] and audit.list_events(engine) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "dag_id", "task_id", "says"),
+    [
+        ("ask", "weekly", "retail", "nope", "is not in Airflow"),
+        ("ask", "weekly", "nope", "weekly", "is not in Airflow"),
+        ("ask", "payroll", "payroll", "export", "is a BashOperator, not a rule"),
+        ("ask", "weekly", "bank", "metrics", "(an engineer rule); an ask data API"),
+        ("engineer", "weekly", "retail", "weekly", "(an ask rule); an engineer data API"),
+        ("ask", "other", "retail", "weekly", "publishes to data API 'weekly', not 'other'"),
+    ],
+)
+def test_a_data_api_binds_only_to_a_rule_task_of_its_kind_and_name(
+    engine: Any, kind: str, name: str, dag_id: str, task_id: str, says: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        control.create_data_api(
+            engine, name=name, kind=kind, dag_id=dag_id, task_id=task_id, rules=rules, actor=ACTOR
+        )
+    assert says in str(info.value) and info.value.field == "task_id"
+    assert snaps.list_data_apis(engine) == [] and audit.list_events(engine) == []
+    assert keys.list_keys(engine) == []
+
+
+def test_a_run_key_needs_an_actor_who_may_trigger_the_rules_dag(engine: Any) -> None:
+    """Made or rotated only by an actor whom Airflow lets trigger the DAG (AdminForbidden);
+    read keys, and the machine's operator (the CLI), are not limited."""
+    snaps.register_data_api(engine, name="sales", kind="ask", dag_id="shop", task_id="top")
+    asked: list[str | None] = []
+
+    def only_other_dags(dag_id: str | None) -> bool:
+        asked.append(dag_id)
+        return dag_id != "shop"
+
+    bob = control.Actor("bob", None, only_other_dags)
+    with pytest.raises(AdminForbidden, match="trigger DAG 'shop'"):
+        control.create_key(engine, data_api="sales", days=1, scopes=["run"], actor=bob)
+    with pytest.raises(AdminForbidden):
+        control.create_key(
+            engine, data_api="sales", days=1, scopes=["run"], actor=control.Actor("x")
+        )
+    assert asked == ["shop"] and keys.list_keys(engine) == []
+    read = control.create_key(engine, data_api="sales", days=1, actor=bob)
+    run = control.create_key(
+        engine, data_api="sales", days=1, scopes=["run"], actor=control.Actor.operator("cli:ops")
+    )
+    with pytest.raises(AdminForbidden):
+        control.rotate_key(engine, run.key.id, actor=bob)
+    control.rotate_key(engine, read.key.id, actor=bob)  # a read key: no trigger needed
+    assert control.rotate_key(engine, run.key.id, actor=ACTOR)[0].key.scopes == ("read", "run")
+    assert [e.action for e in audit.list_events(engine)].count("create_key") == 2
+
+
+def test_audit_events_stay_with_the_data_api_they_were_recorded_for(engine: Any) -> None:
+    """A deleted data API's events are not those of the next data API with its name: a
+    caller limited to kinds sees only existing data APIs' events; Admin sees all."""
+    _old, first = control.create_data_api(
+        engine, name="weekly", kind="engineer", dag_id="bank", task_id="metrics", rules=rules,
+        actor=ACTOR,
+    )  # fmt: skip
+    control.revoke_key(engine, first.key.id, actor=ACTOR)
+    control.delete_data_api(engine, "weekly", actor=ACTOR)
+    _new, second = control.create_data_api(
+        engine, name="weekly", kind="ask", dag_id="retail", task_id="weekly", rules=rules,
+        actor=ACTOR,
+    )  # fmt: skip
+    every = audit.list_events(engine, data_api="weekly")
+    assert [e.action for e in every] == [
+        "create_data_api",
+        "delete_data_api",
+        "revoke_key",
+        "create_data_api",
+    ]
+    for kinds in ({"ask"}, {"ask", "engineer"}):
+        for filters in ({}, {"data_api": "weekly"}):
+            seen = audit.list_events(engine, kinds=kinds, **filters)
+            assert [(e.action, e.key_id) for e in seen] == [("create_data_api", second.key.id)]
+    assert audit.list_events(engine, kinds={"engineer"}) == []
+    assert audit.list_events(engine, kinds={"ask"}, key_id=first.key.id) == []
+    assert len(audit.list_events(engine, key_id=first.key.id)) == 2
+    with engine.connect() as conn:
+        query = sa.text("SELECT action, data_api_id FROM nx1_audit ORDER BY id")
+        ids = dict(conn.execute(query).all())  # the newest event of each action
+        current = conn.execute(sa.text("SELECT api_id FROM nx1_data_apis")).scalar()
+    assert ids["delete_data_api"] == ids["revoke_key"] != current
+    assert ids["create_data_api"] == current  # the newest of the two creations
+
+
+def test_migration_gives_old_events_the_identity_of_the_data_api_of_their_time(
+    store_url: str,
+) -> None:
+    """Revision 0005 on a store with events: each gets the id of the data API of its name
+    that existed when it was recorded; events of a deleted earlier one get none."""
+    from airflow_nx1_connect.core import store
+
+    engine = store.create_store_engine(store_url)
+    try:
+        store.migrate(engine, "0003_changes")
+        at = dt.datetime(2026, 1, 10, tzinfo=dt.timezone.utc)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nx1_data_apis (name, kind, created_at, updated_at) "
+                    "VALUES ('weekly', 'ask', :t, :t), ('daily', 'ask', :t, :t)"
+                ),
+                {"t": at.replace(tzinfo=None) if engine.dialect.name == "sqlite" else at},
+            )
+            for days, name in ((-3, "weekly"), (-1, "weekly"), (0, "weekly"), (2, "daily")):
+                when = at + dt.timedelta(days=days)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO nx1_audit (at, actor, action, data_api) "
+                        "VALUES (:at, 'x', 'create_key', :name)"
+                    ),
+                    {
+                        "at": when.replace(tzinfo=None)
+                        if engine.dialect.name == "sqlite"
+                        else when,
+                        "name": name,
+                    },
+                )
+        store.migrate(engine)
+        with engine.connect() as conn:
+            apis = dict(conn.execute(sa.text("SELECT name, api_id FROM nx1_data_apis")).all())
+            events = conn.execute(
+                sa.text("SELECT data_api, data_api_id FROM nx1_audit ORDER BY at")
+            ).all()
+        assert len({*apis.values()}) == 2 and all(len(i) == 32 for i in apis.values())
+        assert [tuple(e) for e in events] == [
+            ("weekly", None),
+            ("weekly", None),
+            ("weekly", apis["weekly"]),
+            ("daily", apis["daily"]),
+        ]
+    finally:
+        engine.dispose()
 
 
 def test_rotate_key(engine: Any) -> None:
@@ -162,7 +319,9 @@ def test_audit_never_keeps_a_secret_and_filters(engine: Any) -> None:
     assert len(audit.list_events(engine, limit=1)) == 1
     assert [e.action for e in audit.list_events(engine)] == ["extend_key", "create_key"]
     assert audit.list_events(engine, data_api="zzz") == []
-    assert len(audit.list_events(engine, only_data_apis=set())) == 0
+    assert len(audit.list_events(engine, kinds=set())) == 0
+    assert len(audit.list_events(engine, kinds={"engineer"})) == 0
+    assert len(audit.list_events(engine, kinds={"ask"})) == 2
     with pytest.raises(ValidationError):
         audit.list_events(engine, limit=0)
     with pytest.raises(ValueError):
@@ -195,7 +354,7 @@ def test_usage_is_read_per_key_and_day(engine: Any) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_cli_apis_create_rotate_and_audit(store_env: str, engine: Any) -> None:
+def test_cli_apis_create_rotate_and_audit(store_env: str, engine: Any, rule_dags: Any) -> None:
     res = ok(
         "apis", "create", "weekly", "--kind", "engineer", "--dag", "bank", "--task", "metrics",
         "--description", "Metrics", "--key-days", "9",
@@ -219,6 +378,12 @@ def test_cli_apis_create_rotate_and_audit(store_env: str, engine: Any) -> None:
         "apis", "create", "other", "--kind", "ask", "--dag", "x", "--task", "y",
         "--key-days", "0", expect="from 1 to",
     )  # fmt: skip
+    # Only a real rule task of that kind publishing to that name (Airflow's serialized DAGs).
+    user_error(
+        "apis", "create", "other", "--kind", "ask", "--dag", "retail", "--task", "weekly",
+        expect="publishes to data API 'weekly', not 'other'",
+    )  # fmt: skip
+    assert [a.name for a in snaps.list_data_apis(engine)] == ["weekly"]
 
     rotated = ok("keys", "rotate", key.id, "--overlap-hours", "1")
     assert KEY_LINE.match(rotated.stdout) and rotated.stdout.strip() != first

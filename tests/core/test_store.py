@@ -87,3 +87,63 @@ def test_check_migrated_names_the_command_until_the_store_is_migrated(store_url)
         store.check_migrated(eng)
     finally:
         eng.dispose()
+
+
+def test_upgrading_a_version_2_store_keeps_its_data(store_url):
+    """A store at the v2 head (0003) with a data API, a key and a published snapshot: `db
+    migrate` to this version keeps all of them (no table of the catalogue is rebuilt, so
+    nothing cascades) and the snapshot is still served as latest."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from airflow_nx1_connect.core import keys, reads
+    from airflow_nx1_connect.core import snapshots as snaps
+
+    eng = store.create_store_engine(store_url)
+    try:
+        store.migrate(eng, "0003_changes")
+        now = dt.datetime(2026, 11, 1)
+        snap_id = "0" * 31 + "1"
+        with eng.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nx1_data_apis (name, kind, created_at, updated_at, "
+                    "latest_snapshot_id, dag_id, task_id) VALUES ('old', 'ask', :t, :t, :s, "
+                    "'d', 't')"
+                ),
+                {"t": now, "s": snap_id},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nx1_snapshots (id, data_api, status, row_count, columns, "
+                    "column_types, created_at, published_at, table_name) VALUES (:s, 'old', "
+                    "'published', 1, '[\"x\"]', '[\"INTEGER\"]', :t, :t, :tbl)"
+                ),
+                {"s": snap_id, "t": now, "tbl": f"nx1_snap_{snap_id}"},
+            )
+            conn.execute(
+                sa.text(
+                    f'CREATE TABLE "nx1_snap_{snap_id}" ("__nx1_row__" INTEGER PRIMARY KEY, '
+                    '"x" INTEGER)'
+                )
+            )
+            conn.execute(sa.text(f'INSERT INTO "nx1_snap_{snap_id}" VALUES (1, 42)'))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nx1_api_keys (id, prefix, key_hash, data_api, created_at, "
+                    "expires_at, scopes) VALUES ('k1', 'nx1_abc', 'h', 'old', :t, :e, 'read')"
+                ),
+                {"t": now, "e": now + dt.timedelta(days=400)},
+            )
+        store.migrate(eng)
+        store.check_migrated(eng)
+        latest = snaps.latest_snapshot(eng, "old")
+        assert latest.id == snap_id
+        assert reads.read_raw_rows(
+            eng, latest, [snaps.Column("x", "INTEGER")], start=0, limit=5
+        ) == [(42,)]
+        assert [k.id for k in keys.list_keys(eng, data_api="old")] == ["k1"]
+        assert snaps.get_data_api(eng, "old").last_failure() is None
+    finally:
+        eng.dispose()

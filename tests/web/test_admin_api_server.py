@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.api_server import running_api_server
+from tests.rule_dags import serialize, write_rule_dags
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +55,11 @@ def _token(url: str, user: str, password: str) -> str:
 def fab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A real api-server with the FAB auth manager; tokens of an Admin, nx1_ask and Viewer."""
     home = tmp_path_factory.mktemp("fab-home")
+    write_rule_dags(home / "dags")
     env = _env(home, FAB)
     airflow = [sys.executable, "-m", "airflow"]
     _run(env, *airflow, "db", "migrate")
+    serialize(env)  # data APIs are bound only to rule tasks Airflow can load
     _run(env, sys.executable, "-m", "airflow_nx1_connect.cli", "db", "migrate")
     for user, role in (("boss", "Admin"), ("asker", "nx1_ask"), ("watcher", "Viewer")):
         _run(
@@ -74,6 +77,7 @@ def simple_server(
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """A real api-server with the Simple auth manager and an admin user."""
     home = tmp_path_factory.mktemp("simple-home")
+    write_rule_dags(home / "dags")
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({"boss": PASSWORD}))
     env = {
@@ -82,6 +86,7 @@ def simple_server(
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
     }
     _run(env, sys.executable, "-m", "airflow", "db", "migrate")
+    serialize(env)
     _run(env, sys.executable, "-m", "airflow_nx1_connect.cli", "db", "migrate")
     with running_api_server(env, home) as (url, _log):
         yield url, {"boss": _token(url, "boss", PASSWORD)}
@@ -91,7 +96,8 @@ def _flow(url: str, token: str, name: str) -> dict[str, Any]:
     """Create a data API with its first key, read (404 until the first run), rotate, audit."""
     h = {"Authorization": f"Bearer {token}"}
     body = {"name": name, "kind": "ask", "dag_id": "retail", "task_id": name, "key_days": 7}
-    r = httpx.post(f"{url}{ADMIN}/data-apis", json=body, headers=h)
+    # The first binding in a server imports what reads Airflow's serialized DAGs: seconds.
+    r = httpx.post(f"{url}{ADMIN}/data-apis", json=body, headers=h, timeout=120)
     assert r.status_code == 201, r.text
     key = r.json()["key"]
     for base in ("/nx1/api/v1", "/pluginsv2/nx1/api/v1"):

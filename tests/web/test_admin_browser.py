@@ -23,6 +23,7 @@ import pytest
 
 from airflow_nx1_connect.core import writer
 from tests.api_server import running_api_server
+from tests.rule_dags import serialize, write_rule_dags
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +119,8 @@ def _populate(store_url: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running `airflow api-server` with the plugin and an Admin user."""
     home = tmp_path_factory.mktemp("airflow-home-browser")
+    # The rule task the test binds a data API to (serialized below).
+    write_rule_dags(home / "dags", {("retail_daily", "daily_sales"): ("ask", "daily_sales")})
     store_url = f"sqlite:///{home / 'nx1_store.db'}"
     _populate(store_url)
     env = {
@@ -135,6 +138,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     subprocess.run(
         [*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
     )
+    serialize(env)
     subprocess.run(
         [*airflow, "users", "create", "-u", ADMIN, "-p", PASSWORD, "-r", "Admin", *USER_NAMES],
         env=env,
@@ -260,7 +264,8 @@ def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
             frame.locator("#key_days").fill("90")
             page.screenshot(path=str(IMG / "nx1-create-data-api.png"))
             frame.locator("#nx1-create-api-submit").click()
-            expect(frame.locator("#nx1-api-created")).to_be_visible()
+            # The server asks Airflow whether the task is that rule (the first time: seconds).
+            expect(frame.locator("#nx1-api-created")).to_be_visible(timeout=120_000)
             first = frame.locator("#nx1-key").input_value()
             empty = httpx.get(
                 f"{server.url}/nx1/api/v1/data-apis/daily_sales/latest",

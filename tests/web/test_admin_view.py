@@ -53,8 +53,9 @@ def _flask_app(app: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def api_app() -> Iterator[Any]:
-    """Airflow's api-server app with the FAB auth manager, its DB migrated, users created."""
+def api_app(rule_dags: Any) -> Iterator[Any]:
+    """Airflow's api-server app with the FAB auth manager, its DB migrated, users created,
+    the rule DAGs of `tests.rule_dags` serialized."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIRFLOW__CORE__AUTH_MANAGER", FAB_AUTH_MANAGER)
         mp.delenv("AIRFLOW__FAB__SESSION_BACKEND", raising=False)
@@ -558,11 +559,12 @@ def _row(html: str, key_id: str) -> str:
 def test_create_key_with_run_scope_and_rate_limit(
     clients: dict[str, Any], store: dict[str, Any]
 ) -> None:
-    asker, engine = clients["asker"], store["engine"]
+    # Admin: a key with the run scope needs Airflow's right to trigger the rule's DAG.
+    asker, admin, engine = clients["asker"], clients["admin"], store["engine"]
     form = asker.get(f"{BASE}/keys/new").text
     assert 'id="may_run"' in form and 'id="rate_limit"' in form
     response = _post(
-        asker,
+        admin,
         f"{BASE}/keys/new",
         {
             "data_api": "weekly_top_product",
@@ -588,6 +590,16 @@ def test_create_key_with_run_scope_and_rate_limit(
     assert plain.status_code == 201
     other = next(k for k in core_keys.list_keys(engine) if k.description == "reader")
     assert other.scopes == ("read",) and other.rate_limit is None
+    # nx1_ask alone may not trigger the rule's DAG: no run key (403, the form says why).
+    refused = _post(
+        asker,
+        f"{BASE}/keys/new",
+        {"data_api": "weekly_top_product", "days": "5", "description": "runs", "may_run": "run"},
+        page=f"{BASE}/keys/new",
+    )
+    assert refused.status_code == 403
+    assert re.search(r'id="scopes-error">[^<]*retail_rules', refused.text), refused.text[-1500:]
+    assert not any(k.description == "runs" for k in core_keys.list_keys(engine))
     listing = asker.get(f"{BASE}/keys").text
     row = _row(listing, key.id)
     assert re.search(r'class="nx1-scopes">.*>read<.*>run<', row, re.S)

@@ -258,7 +258,7 @@ def _next(answer: Answer) -> str | None:
     match = re.fullmatch(r'<([^>]+)>; rel="next"', link)
     assert match, link
     url = urlsplit(match.group(1))
-    assert f"{url.scheme}://{url.netloc}" == HOST
+    assert (url.scheme, url.netloc) == ("", "")  # path-absolute: never the request's Host
     return f"{url.path}?{url.query}"
 
 
@@ -279,7 +279,7 @@ def test_paging_by_next_start_and_link_pins_to(
         if data["next_start"] is None:
             assert url is None and data["next_url"] is None
         else:
-            assert data["next_url"] == f"{HOST}{url}"
+            assert data["next_url"] == url
             query = parse_qs(urlsplit(url).query)
             assert query["to"] == [feed_store.ids["v3"]]  # a later publish never shifts pages
             assert query["start"] == [str(data["next_start"])] and query["limit"] == ["10"]

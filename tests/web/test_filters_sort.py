@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from airflow_nx1_connect.core import keys, reads, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
-from tests.web.conftest import BASE, BIG_ROWS, COLUMNS, HOST, Adapter, ApiStore, big_rows
+from tests.web.conftest import BASE, BIG_ROWS, COLUMNS, Adapter, ApiStore, big_rows
 from tests.web.test_rest_api import _next_link, assert_problem, both, key_header
 
 NAMES = [n for n, _ in COLUMNS]
@@ -172,7 +172,7 @@ def test_paging_over_filtered_sorted_result(adapters: list[Adapter], api_store: 
             starts.append(data["start"])
             got.extend(r[0] for r in data["data"])
             url = _next_link(answer)
-            assert (HOST + url if url else None) == data["next_url"]
+            assert url == data["next_url"]
             assert (data["next_start"] is None) == (url is None)
         assert got == expected
         assert starts == list(range(0, len(expected), 333)) or starts == [0]
@@ -336,7 +336,7 @@ def test_paging_latest_is_pinned_across_a_publish(
         url = _next_link(answer)
         if url is not None:
             assert url.startswith(f"{BASE}/data-apis/{name}/snapshots/{first.id}?")
-            assert body["data"]["next_url"] == HOST + url
+            assert body["data"]["next_url"] == url
         if pages == 0:
             # A run publishes between the first and the second page.
             writer.write_snapshot(
@@ -506,7 +506,7 @@ def test_next_url_names_the_snapshot_with_start_last(
         f"{BASE}/data-apis/sales/latest?start=0&limit=5&columns=id&sort=-id",
         key_header(api_store, "sales"),
     )
-    own = f"{HOST}{BASE}/data-apis/sales/snapshots/{api_store.latest.id}"
+    own = f"{BASE}/data-apis/sales/snapshots/{api_store.latest.id}"
     expected = f"{own}?limit=5&columns=id&sort=-id&start=5"
     assert answer.json()["data"]["next_url"] == expected
     assert answer.headers["link"] == f'<{expected}>; rel="next"'

@@ -1,9 +1,10 @@
 """The root middleware that answers whole-snapshot streams under /pluginsv2 (`web.streams`).
 
-Which requests it takes (rows routes without `limit`, in a streamed format) and that it
-hands them to the plugin's FastAPI app, while every other request reaches the app behind
-it (Airflow's WSGI mount of Flask). The bytes on a real api-server are compared in
-`test_transfer_server`; the memory it saves is benchmark M1 (`benchmarks/mount_bench.py`).
+Which requests it takes (rows routes and the change feed without `limit`, in a streamed
+format) and that it hands them to the plugin's FastAPI app, while every other request
+reaches the app behind it (Airflow's WSGI mount of Flask). The bytes on a real api-server
+are compared in `test_transfer_server`; the memory it saves is benchmark M1
+(`benchmarks/mount_bench.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ BASE = "/pluginsv2/nx1/api/v1/data-apis/sales"
         (f"{BASE}/latest", "", {}, False),  # JSON: always a page
         (f"{BASE}/latest", "format=json", {}, False),
         (f"{BASE}", "format=csv", {}, False),
-        (f"{BASE}/changes", "format=csv", {}, False),
+        (f"{BASE}/changes", "since=a&format=csv", {}, True),  # the whole change feed
+        (f"{BASE}/changes", "since=a&format=arrow", {}, True),
+        (f"{BASE}/changes", "since=a&format=csv&limit=10", {}, False),
+        (f"{BASE}/changes", "since=a", {}, False),  # JSON: a page
         ("/pluginsv2/nx1connect/keys", "format=csv", {}, False),
         ("/nx1/api/v1/data-apis/sales/latest", "format=csv", {}, False),
     ],

@@ -410,10 +410,11 @@ def pinned_path(request: Request, endpoint: str, snapshot: snaps.Snapshot) -> st
 def next_url(request: Request, next_start: int | None, path: str | None = None) -> str | None:
     """The URL of the page at `next_start` (None if None): `path` (default: the request's)
     with the request's other query parameters, in order, then `start` last
-    (`.../snapshots/{id}?...&start=N`, as the contract writes it)."""
+    (`.../snapshots/{id}?...&start=N`, as the contract writes it), from Airflow's
+    `[api] base_url` when set, path-absolute otherwise (`Request.url_root`)."""
     if next_start is None:
         return None
     pairs = [(k, v) for k, v in request.query if k != "start"]
     pairs.append(("start", str(next_start)))
     path = quote(path if path is not None else unquote(request.path), safe="/")
-    return f"{request.url_root}{path}?{urlencode(pairs, quote_via=quote)}"
+    return f"{request.link_root()}{path}?{urlencode(pairs, quote_via=quote)}"

@@ -136,8 +136,9 @@ def _closing(chunks: Iterator[bytes], source: Iterator[object]) -> Iterator[byte
 
 
 def page_url(request: Request, start: int, to_id: str) -> str:
-    """This request's URL with `start` set and `to` pinned to the resolved snapshot id."""
+    """This request's URL with `start` set and `to` pinned to the resolved snapshot id (from
+    `[api] base_url` when set, path-absolute otherwise: `Request.url_root`)."""
     pairs = [(k, v) for k, v in request.query if k not in ("start", "to")]
     pairs += [("to", to_id), ("start", str(start))]
     path = quote(unquote(request.path), safe="/")
-    return f"{request.url_root}{path}?{urlencode(pairs, quote_via=quote)}"
+    return f"{request.link_root()}{path}?{urlencode(pairs, quote_via=quote)}"

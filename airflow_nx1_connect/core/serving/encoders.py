@@ -2,7 +2,8 @@
 
 Rows are read as stored (`reads.read_raw_rows`) and turned into text by the converters of
 the one type table (`core.types`), so every format, and the admin view's preview, shows a
-value the same way. Whole-snapshot CSV and NDJSON are generators of encoded batches.
+value the same way. Whole-snapshot CSV and NDJSON are generators of encoded batches. CSV
+alone may escape formula cells for spreadsheets (`[nx1_connect] csv_escape_formulas`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 
 from airflow_nx1_connect.core import types
+from airflow_nx1_connect.core.settings import current_settings
 from airflow_nx1_connect.core.types import Column
 
 #: msgspec's JSON encoder (several times faster than the json module on page bodies): compact
@@ -35,9 +37,30 @@ def csv_header(names: Sequence[str]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def csv_encoder(columns: Sequence[Column]) -> Callable[[Iterable[Sequence[Any]]], bytes]:
-    """A CSV encoder of stored (undecoded) rows of these columns (see `core.types`)."""
+#: First characters that make a spreadsheet read a cell as a formula (`csv_escape_formulas`).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(value: Any) -> Any:
+    """A text that a spreadsheet would run as a formula, with a leading `'` (shown as text)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_encoder(
+    columns: Sequence[Column], escape_formulas: bool | None = None
+) -> Callable[[Iterable[Sequence[Any]]], bytes]:
+    """A CSV encoder of stored (undecoded) rows of these columns (see `core.types`).
+
+    With `escape_formulas` (default: `[nx1_connect] csv_escape_formulas`, False), TEXT cells
+    that begin with =, +, -, @, a tab or a carriage return get a leading `'`.
+    """
+    if escape_formulas is None:
+        escape_formulas = current_settings().csv_escape_formulas
     converters = types.converters(columns, "csv")
+    if escape_formulas:
+        converters += [(i, escape_formula) for i, c in enumerate(columns) if c.type == "TEXT"]
 
     def encode(rows: Iterable[Sequence[Any]]) -> bytes:
         buffer = io.StringIO()

@@ -65,12 +65,15 @@ MAX_HEADER_BYTES = 32 * 1024
 class Request:
     """What the adapters pass in: framework-free and already decoded.
 
-    `url_root` is `scheme://host[:port]`; `path` the full request path (with any mount
-    prefix); `query` the decoded query parameters in order, repeats kept.
+    `url_root` is what the links of an answer (`Link`, `next_url`, `status_url`) start with:
+    Airflow's `[api] base_url` (`scheme://host[:port][/path]`) or "" (path-absolute links),
+    never the request's `Host`; the adapters pass a function, called once when a link is
+    first built (see `web.links`). `path` is the full request path (with any mount prefix);
+    `query` the decoded query parameters in order, repeats kept.
     """
 
     method: str
-    url_root: str
+    url_root: str | Callable[[], str]
     path: str
     query: Sequence[tuple[str, str]] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -82,6 +85,12 @@ class Request:
     def header(self, name: str) -> str | None:
         """A request header (case-insensitive), or None."""
         return self.headers.get(name.lower())
+
+    def link_root(self) -> str:
+        """`url_root` as text (a function given as `url_root` is called once, here)."""
+        if callable(self.url_root):
+            self.url_root = self.url_root()
+        return self.url_root
 
 
 class Pending(Protocol):
@@ -317,8 +326,7 @@ def problem_for(exc: BaseException) -> Response:
             503,
             "runs-unavailable",
             "Airflow unavailable",
-            "Airflow's metadata database cannot be asked about runs right now; try again in a "
-            "few seconds.",
+            "Airflow's metadata database cannot be reached right now; try again in a few seconds.",
             [("Retry-After", RETRY_AFTER_S)],
         )
     if isinstance(exc, StoreUnavailable | StoreNotMigrated | ConfigError | sa.exc.SQLAlchemyError):

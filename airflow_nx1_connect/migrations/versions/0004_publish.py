@@ -19,10 +19,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("nx1_data_apis") as batch:
-        batch.add_column(sa.Column("last_failure_run_id", sa.String(250), nullable=True))
-        batch.add_column(sa.Column("last_failure_at", UTCDateTime, nullable=True))
-        batch.add_column(sa.Column("last_failure_detail", sa.Text, nullable=True))
+    # Plain ALTER TABLE ADD COLUMN: a rebuilt `nx1_data_apis` on SQLite would cascade-delete
+    # its keys and snapshots.
+    op.add_column("nx1_data_apis", sa.Column("last_failure_run_id", sa.String(250)))
+    op.add_column("nx1_data_apis", sa.Column("last_failure_at", UTCDateTime))
+    op.add_column("nx1_data_apis", sa.Column("last_failure_detail", sa.Text))
 
 
 def downgrade() -> None:
