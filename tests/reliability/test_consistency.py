@@ -17,7 +17,16 @@ import httpx
 
 from airflow_nx1_connect.core import snapshots, writer
 
-LABEL = re.compile(r"^run(\d+)-(\d+)$")
+#: Rows of run k are labelled `run<k>-<i>`; the fixture's first snapshot (run 0) `beta-<i>`.
+LABEL = re.compile(r"^(?:run(\d+)|beta)-(\d+)$")
+
+
+def _run_of(label: str) -> int:
+    match = LABEL.match(label)
+    assert match is not None, f"a row of no snapshot ever published: {label!r}"
+    return int(match.group(1) or 0)
+
+
 RUNS = 12
 
 
@@ -51,7 +60,7 @@ def test_readers_see_one_whole_snapshot_per_request_while_runs_publish(served):
     def check_page(body: dict) -> None:
         total = body["snapshot"]["row_count"]
         rows = body["data"]["data"]
-        runs = {int(LABEL.match(label).group(1)) for _, label in rows}
+        runs = {_run_of(label) for _, label in rows}
         if len(runs) > 1:
             errors.append(f"mixed runs in one page: {runs}")
             return
@@ -68,7 +77,7 @@ def test_readers_see_one_whole_snapshot_per_request_while_runs_publish(served):
 
     def check_csv(text: str) -> None:
         rows = list(csv.reader(io.StringIO(text)))[1:]
-        runs = {int(LABEL.match(label).group(1)) for _, label in rows}
+        runs = {_run_of(label) for _, label in rows}
         if len(runs) != 1:
             errors.append(f"CSV stream mixes runs {runs}")
             return
@@ -77,6 +86,12 @@ def test_readers_see_one_whole_snapshot_per_request_while_runs_publish(served):
             errors.append(f"CSV of run {k} has {len(rows)} rows")
 
     def reader(server, seed: int) -> None:
+        try:
+            read(server, seed)
+        except Exception as exc:  # a reader that dies must fail the test, not only warn
+            errors.append(f"{server.kind} reader: {exc!r}")
+
+    def read(server, seed: int) -> None:
         rnd = random.Random(seed)
         headers = {"X-API-Key": served.keys["beta"].secret}
         with httpx.Client(base_url=server.base, headers=headers, timeout=30) as client:
