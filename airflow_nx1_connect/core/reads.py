@@ -11,15 +11,13 @@ encoders that write them straight to text, see `core.types`); `read_rows` decode
 
 from __future__ import annotations
 
-import array
 import functools
-import json
 import logging
+import pickle
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -250,14 +248,11 @@ def _plan(
     columns: Sequence[Column],
     query: RowsQuery,
     nulls: tuple[bool, ...] | None,
-    *,
-    order_only: bool = False,
 ) -> tuple[str, tuple[str, ...], bool]:
     """(SQL in the driver's paramstyle, its bind names (in order), positional or not).
 
     `nulls`: None for a read from an offset; else a keyset continuation, with which of the
-    last row's sort values are NULL (each pattern is a plan of its own). `order_only`: the
-    row numbers alone, in the result's order.
+    last row's sort values are NULL (each pattern is a plan of its own).
     """
     dialect = conn.dialect
     shape = (
@@ -271,13 +266,10 @@ def _plan(
         ),
         query.sort,
         nulls,
-        order_only,
     )
     plan = _PLANS.get(shape)
     if plan is None:
         select, table, operands = _query_select(snapshot, columns, query, dialect.name)
-        if order_only:
-            select = select.with_only_columns(table.c[ROW_COLUMN])
         if nulls is not None:
             select = select.where(_after(table, operands, nulls))
         # Always an OFFSET bind (0 without one): SQLite renders one with every LIMIT.
@@ -330,12 +322,12 @@ def iter_query_rows(
     """The filtered, sorted result from `start` in batches of stored values, constant memory.
 
     Without a sort, the first batch starts at offset `start` and each later one continues
-    by keyset after the last row number read. With a sort, the order is computed once:
-    one query sorts the filtered row numbers and they are spooled to a temporary file at
-    the store's speed (8 bytes a row, deleted when the stream ends), then each batch reads
-    its rows by number. A slow client holds no query or transaction open, and no batch
-    sorts or skips the rows before it again (a keyset or OFFSET per batch re-reads and
-    re-sorts what is left: quadratic without an index that gives the order).
+    by keyset after the last row number read. With a sort, the result is read once: one
+    sorted query runs at the store's speed and its batches are spooled to a temporary file
+    (unlinked at once, gone when the stream ends), then sent from there. A slow client
+    holds no query or transaction open, and no batch sorts or skips the rows before it
+    again (a keyset or OFFSET per batch re-reads and re-sorts what is left: quadratic
+    without an index that gives the order).
     """
     if query.sort:
         yield from _sorted_batches(engine, snapshot, columns, query, start, batch_size)
@@ -361,30 +353,33 @@ def _sorted_batches(
     start: int,
     batch_size: int,
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """`iter_query_rows` with a sort: the order spooled once, then rows by number."""
-    with tempfile.TemporaryFile(prefix="nx1-order-") as spool:
-        _spool_order(engine, snapshot, query, start, batch_size, spool)
+    """`iter_query_rows` with a sort: the sorted result spooled once, then sent from it."""
+    with tempfile.TemporaryFile(prefix="nx1-sorted-") as spool:
+        _spool_sorted(engine, snapshot, columns, query, start, batch_size, spool)
         spool.seek(0)
         while True:
-            numbers = array.array("q")
-            numbers.frombytes(spool.read(8 * batch_size))
-            if not numbers:
+            try:
+                yield pickle.load(spool)  # noqa: S301 - this process's own unlinked file
+            except EOFError:
                 return
-            yield _rows_by_number(engine, snapshot, columns, numbers)
 
 
-def _spool_order(
+def _spool_sorted(
     engine: Engine,
     snapshot: Snapshot,
+    columns: Sequence[Column],
     query: RowsQuery,
     start: int,
     batch_size: int,
     spool: Any,
 ) -> None:
-    """Write the row numbers of the filtered, sorted result from `start` to `spool`."""
+    """Run the filtered, sorted read once, from `start`, at the store's speed, writing its
+    batches (values as stored) to `spool`: a server-side cursor on PostgreSQL, so no more
+    than one batch is ever in memory; the transaction ends with the query."""
+    width = len(columns)
     with engine.connect() as conn:
         values = _filter_values(snapshot, query, conn.dialect.name)
-        sql, names, positional = _plan(conn, snapshot, (), query, None, order_only=True)
+        sql, names, positional = _plan(conn, snapshot, columns, query, None)
         values.update(p_limit=-1 if conn.dialect.name == "sqlite" else None, p_offset=start)
         params: Any = (
             tuple(values[n] for n in names) if positional else {n: values[n] for n in names}
@@ -392,11 +387,10 @@ def _spool_order(
         raw = conn.connection.dbapi_connection
         assert raw is not None
         try:
-            # A server-side cursor on PostgreSQL, so the numbers never sit in memory at once.
-            named = (
-                {"name": f"nx1_order_{uuid.uuid4().hex}"} if conn.dialect.name != "sqlite" else {}
-            )
-            cursor = raw.cursor(**named)
+            if conn.dialect.name == "sqlite":
+                cursor = raw.cursor()
+            else:
+                cursor = raw.cursor(name=f"nx1_sorted_{uuid.uuid4().hex}")
             try:
                 with read_deadline(conn):
                     cursor.execute(sql, params)
@@ -405,41 +399,12 @@ def _spool_order(
                         rows = cursor.fetchmany(batch_size)
                     if not rows:
                         break
-                    spool.write(array.array("q", map(itemgetter(0), rows)).tobytes())
+                    pickle.dump([r[:width] for r in rows], spool, pickle.HIGHEST_PROTOCOL)
             finally:
                 cursor.close()
         except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
             raise read_failed(conn, snapshot, exc) from exc
         raw.rollback()
-
-
-def _rows_by_number(
-    engine: Engine, snapshot: Snapshot, columns: Sequence[Column], numbers: array.array[int]
-) -> list[tuple[Any, ...]]:
-    """The rows with these row numbers, in this order, values as stored."""
-    with use_bind(engine) as conn:
-        sql = by_number_sql(conn.dialect, snapshot.table_name, tuple(c.name for c in columns))
-        listed = numbers.tolist()
-        param: Any = json.dumps(listed) if conn.dialect.name == "sqlite" else listed
-        found = {row[-1]: row[:-1] for row in _fetch_all(conn, snapshot, sql, (param,))}
-    return [found[n] for n in listed]
-
-
-def by_number_sql(dialect: sa.Dialect, table: str, names: tuple[str, ...]) -> str:
-    """SELECT names and the row number of `table`'s rows whose numbers are in the one bound
-    list (SQLite: a JSON array, PostgreSQL: an array): primary-key lookups, in any order."""
-    return _by_number_sql(dialect.name, dialect.paramstyle, table, names)
-
-
-@functools.lru_cache(maxsize=512)
-def _by_number_sql(dialect: str, paramstyle: str, table: str, names: tuple[str, ...]) -> str:
-    row = quote(None, ROW_COLUMN)
-    select = "".join(f"{quote(None, n)}, " for n in names)
-    numbers = "IN (SELECT value FROM json_each(?))" if dialect == "sqlite" else "= ANY({numbers})"
-    sql = f"SELECT {select}{row} FROM {quote(None, table)} WHERE {row} {numbers}"
-    if paramstyle in ("format", "pyformat"):
-        sql = sql.replace("%", "%%")
-    return sql.replace("{numbers}", "%s")
 
 
 def read_rows(
