@@ -319,7 +319,9 @@ def iter_query_rows(
     start: int = 0,
     batch_size: int = BATCH_SIZE,
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """The filtered, sorted result from `start` in batches of stored values, constant memory.
+    """The filtered, sorted result from `start` in batches of stored values, constant memory
+    (a sorted stream gives PostgreSQL NUMERIC as its exact text, the form SQLite stores; every
+    encoder writes the two alike).
 
     Without a sort, the first batch starts at offset `start` and each later one continues
     by keyset after the last row number read. With a sort, the result is read once: one
@@ -359,9 +361,10 @@ def _sorted_batches(
         spool.seek(0)
         while True:
             try:
-                yield pickle.load(spool)  # noqa: S301 - this process's own unlinked file
+                batch = pickle.load(spool)  # noqa: S301 - this process's own unlinked file
             except EOFError:
                 return
+            yield batch
 
 
 def _spool_sorted(
@@ -374,8 +377,9 @@ def _spool_sorted(
     spool: Any,
 ) -> None:
     """Run the filtered, sorted read once, from `start`, at the store's speed, writing its
-    batches (values as stored) to `spool`: a server-side cursor on PostgreSQL, so no more
-    than one batch is ever in memory; the transaction ends with the query."""
+    batches (values as stored, but PostgreSQL NUMERIC as its exact text) to `spool`: a
+    server-side cursor on PostgreSQL, so no more than one batch is ever in memory; the
+    transaction ends with the query."""
     width = len(columns)
     with engine.connect() as conn:
         values = _filter_values(snapshot, query, conn.dialect.name)
@@ -391,6 +395,11 @@ def _spool_sorted(
                 cursor = raw.cursor()
             else:
                 cursor = raw.cursor(name=f"nx1_sorted_{uuid.uuid4().hex}")
+                # NUMERIC as PostgreSQL's exact text (the form SQLite stores, which every
+                # encoder takes): a Decimal costs ~2 us a value to pickle and unpickle.
+                from psycopg.types.string import TextLoader
+
+                cursor.adapters.register_loader("numeric", TextLoader)
             try:
                 with read_deadline(conn):
                     cursor.execute(sql, params)
