@@ -27,6 +27,26 @@ for _key in list(os.environ):
         del os.environ[_key]
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings are resolved once per process; tests change the environment on purpose, so
+    each test starts unresolved and every `monkeypatch.setenv`/`delenv` forgets them again."""
+    from airflow_nx1_connect.core.settings import reset_settings
+
+    def forgetting(original):  # type: ignore[no-untyped-def]
+        def changed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            original(self, *args, **kwargs)
+            reset_settings()
+
+        return changed
+
+    reset_settings()
+    for name in ("setenv", "delenv"):
+        monkeypatch.setattr(pytest.MonkeyPatch, name, forgetting(getattr(pytest.MonkeyPatch, name)))
+    yield
+    reset_settings()
+
+
 def pg_admin_url() -> str:
     """The PostgreSQL server's URL for psycopg (schema management)."""
     return PG_URL
