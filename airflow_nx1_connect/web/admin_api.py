@@ -10,7 +10,7 @@ manager (`is_authorized_custom_view`) about the two resources the admin view use
 (`web.roles.may_trigger_dag`). A data API is bound only to a real rule task
 (`rule_tasks.find_rule_task`, see `core.control`). Every change
 goes through `core.control`, so it is audited with the Airflow user and the client address.
-Errors are problem+json through `core.serving.problem_for`.
+Errors are problem+json through `core.serving.http.problem_for`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from airflow_nx1_connect.core.errors import (
     DataApiNotFound,
     KeyNotFound,
     Nx1Error,
+    Problem,
 )
 from airflow_nx1_connect.core.serving import http
 from airflow_nx1_connect.rule_tasks import find_rule_task
@@ -426,7 +427,7 @@ _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 def _method_not_allowed(allowed: list[str]) -> Any:
     def refuse(request: Request) -> FastAPIResponse:
-        raise http.Problem(
+        raise Problem(
             405,
             "method-not-allowed",
             "Method not allowed",
@@ -452,10 +453,6 @@ def install(app: FastAPI, api_prefix: str) -> None:
         app.add_api_route(
             path, _method_not_allowed(sorted(methods)), methods=others, include_in_schema=False
         )
-
-    @app.exception_handler(http.Problem)
-    async def _problem(request: Request, exc: http.Problem) -> FastAPIResponse:
-        return _problem_response(exc)
 
     @app.exception_handler(Nx1Error)
     async def _nx1_error(request: Request, exc: Nx1Error) -> FastAPIResponse:
