@@ -316,16 +316,16 @@ def test_csv_and_ndjson_stream_the_whole_feed(
 
 
 def test_stream_is_lazy(feed_store: FeedStore) -> None:
-    from airflow_nx1_connect.core import serving
+    from airflow_nx1_connect.core.serving import router
 
-    request = serving.Request(
+    request = router.Request(
         "GET",
         HOST,
         f"{BASE}/data-apis/orders/changes",
         [("since", feed_store.ids["v1"]), ("format", "csv")],
         key(feed_store, "orders"),
     )
-    response = serving.handle("changes", request, name="orders")
+    response = router.handle("changes", request, name="orders")
     assert response.status == 200 and response.streaming
     assert b"".join(response.body).count(b"\r\n") == 1 + len(expected_keyed(V1, V2))
 

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from airflow_nx1_connect.core.serving.negotiation import weighted
-
-if TYPE_CHECKING:  # http imports this module
-    from airflow_nx1_connect.core.serving.http import Request
 
 GZIP = "gzip"
 #: zlib level: level 1 keeps a compressed stream close to the plain one's speed while
@@ -26,9 +22,8 @@ LEVEL = 1
 _WBITS_GZIP = 31  # zlib's gzip container
 
 
-def accepts_gzip(request: Request) -> bool:
-    """True when the request's Accept-Encoding allows gzip."""
-    header = request.header("accept-encoding")
+def accepts_gzip(header: str | None) -> bool:
+    """True when an Accept-Encoding header value allows gzip."""
     if not header:
         return False
     qualities = dict(weighted(header))

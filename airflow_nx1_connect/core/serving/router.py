@@ -1,16 +1,8 @@
-"""The data REST API, framework-neutral: one request in, one response out.
+"""The data REST API's router: one `Request` in, one `Response` out (see the package).
 
 The Flask blueprint (`web.blueprint`) and the FastAPI app (`web.api`) only translate their
 framework's request into a `Request`, call `handle` (or `route_not_found` /
 `method_not_allowed`), and send back the `Response`: same statuses, headers and bodies.
-
-Where things are: `http` (request, response, problems, the one exception mapping,
-conditional requests), `auth` (the key), `params` (query parameters), `encoders` (JSON,
-CSV, NDJSON from stored values), `columnar` (Arrow IPC and Parquet), `compression`
-(gzip), `cors` (CORS preflight and headers), `changes` (the change feed, computed by
-`core.changes`), `runs` (runs on demand, through `core.runs`); rows are read by
-`core.reads`, and whole unfiltered snapshots as Arrow / Parquet by `core.arrow` (straight
-into Arrow through the store's ADBC driver). This module routes.
 
 Order of checks on every data API route (so an unauthenticated caller learns nothing):
 
@@ -93,7 +85,7 @@ from airflow_nx1_connect.core.serving.params import (
     parse_rows_params,
 )
 from airflow_nx1_connect.core.serving.runs import run_status_response, start_run_response
-from airflow_nx1_connect.core.settings import Settings, current_settings
+from airflow_nx1_connect.core.settings import Settings, get_settings
 from airflow_nx1_connect.core.store import get_engine
 from airflow_nx1_connect.core.types import Column
 
@@ -156,7 +148,7 @@ def handle(
     CORS (`cors`): a preflight is answered here; every answer gets the CORS headers.
     """
     try:
-        settings = settings or current_settings()
+        settings = settings or get_settings()
     except Exception:  # reported by _handle below, as every request would be
         origins: tuple[str, ...] = ()
     else:
@@ -199,7 +191,7 @@ def _handle(
     try:
         refuse_oversized(request)
         refuse_key_in_query(request.query)
-        settings = settings or current_settings()
+        settings = settings or get_settings()
         engine = engine or get_engine(
             settings.sql_alchemy_conn, read_timeout_s=settings.read_timeout_s
         )
