@@ -68,7 +68,7 @@ from typing import Any
 
 import httpx
 
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from benchmarks.common import cli, pg_schema, rss_kb, sayer
 
 NAME = "bench"
@@ -115,7 +115,7 @@ def build_store(url: str, rows: int) -> tuple[str, Any]:
     from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     store.migrate(engine)
     snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="bench")
     columns = [
@@ -147,7 +147,7 @@ def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
             f'ORDER BY "{store.ROW_COLUMN}"'
         )
         conn.execute("CREATE INDEX rows_name ON rows (name)")
-    store.dispose_engines()
+    engines.dispose_engines()
     return url, key, peer
 
 
@@ -311,7 +311,7 @@ def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
     from airflow_nx1_connect.core.settings import get_settings
 
     os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = url
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     settings = get_settings()
     for _ in range(200):
         verify_key(engine, key, NAME)
@@ -341,7 +341,7 @@ def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
             assert response.status == 200
         rounds.append((time.perf_counter() - t0) / n * 1000)
     handle_ms = min(rounds)
-    store.dispose_engines()
+    engines.dispose_engines()
     return verify_ms, handle_ms
 
 
@@ -393,7 +393,7 @@ def r5_postgresql(rows: int, base: str, env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with pg_schema() as (_schema, url):
         key, _snap = build_store(url, rows)
-        store.dispose_engines()
+        engines.dispose_engines()
         port = _free_port()
         argv = [
             sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",

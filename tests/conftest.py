@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_nx1_connect.core import engines
+
 PG_URL = os.environ.get("NX1_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Airflow reads its home at import: give the whole session a private one before any import.
@@ -75,17 +77,17 @@ def drop_pg_schema(schema: str) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty, unmigrated store: a SQLite file, or a fresh PostgreSQL schema."""
-    from airflow_nx1_connect.core import store
+    from airflow_nx1_connect.core import engines
 
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
-        store.dispose_engines()
+        engines.dispose_engines()
         return
     schema, url = make_pg_schema()
     try:
         yield url
     finally:
-        store.dispose_engines()
+        engines.dispose_engines()
         drop_pg_schema(schema)
 
 
@@ -101,7 +103,7 @@ def engine(store_env: str):
     """A migrated store engine (SQLite and PostgreSQL)."""
     from airflow_nx1_connect.core import store
 
-    eng = store.get_engine(store_env)
+    eng = engines.get_engine(store_env)
     store.migrate(eng)
     return eng
 

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core.clock import as_utc, iso, utcnow
+from airflow_nx1_connect.core.engines import SQLITE_BUSY_TIMEOUT_MS, describe_store_error
 from airflow_nx1_connect.core.errors import (
     AuthError,
     DataApiNotFound,
@@ -47,13 +48,7 @@ from airflow_nx1_connect.core.errors import (
     ValidationError,
 )
 from airflow_nx1_connect.core.inputs import whole_number
-from airflow_nx1_connect.core.store import (
-    SQLITE_BUSY_TIMEOUT_MS,
-    api_keys,
-    data_apis,
-    describe_store_error,
-    placeholder,
-)
+from airflow_nx1_connect.core.store import api_keys, data_apis, placeholder
 
 log = logging.getLogger(__name__)
 

@@ -24,16 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import types
+from airflow_nx1_connect.core.engines import read_deadline
 from airflow_nx1_connect.core.errors import SnapshotNotFound, StoreUnavailable, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import (
-    BATCH_SIZE,
-    ROW_COLUMN,
-    placeholder,
-    quote,
-    read_deadline,
-    snapshots,
-)
+from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, placeholder, quote, snapshots
 from airflow_nx1_connect.core.types import Column
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,11 @@ from sqlalchemy.engine import Connection, Engine
 from airflow_nx1_connect.core import checks as publish_checks
 from airflow_nx1_connect.core import types
 from airflow_nx1_connect.core.clock import utcnow
+from airflow_nx1_connect.core.engines import (
+    SQLITE_AUTOCHECKPOINT,
+    SQLITE_BUSY_TIMEOUT_MS,
+    take_sqlite_write_lock,
+)
 from airflow_nx1_connect.core.errors import ChecksFailed, LatestMoved, RuleError, SnapshotNotFound
 from airflow_nx1_connect.core.lease import BuildLock, Lease
 from airflow_nx1_connect.core.pg_copy import copy_rows
@@ -53,8 +58,6 @@ from airflow_nx1_connect.core.snapshots import (
 )
 from airflow_nx1_connect.core.store import (
     ROW_COLUMN,
-    SQLITE_AUTOCHECKPOINT,
-    SQLITE_BUSY_TIMEOUT_MS,
     TABLE_PREFIX,
     data_apis,
     empty_trash,
@@ -62,7 +65,6 @@ from airflow_nx1_connect.core.store import (
     retire_table,
     retired_snapshots,
     snapshots,
-    take_sqlite_write_lock,
 )
 from airflow_nx1_connect.core.types import Column
 

@@ -2,8 +2,8 @@
 
 Both are thin adapters over `core.writer` built on common.sql's `BaseSQLOperator`
 (its hook lookup from `conn_id`, `hook_params` and `database`): they read the source through
-the Connection's `DbApiHook` with a `fetchmany` cursor (`operators.sources`: server-side on PostgreSQL,
-an unbuffered streaming one on MySQL/MariaDB), hand the batches to `write_snapshot` as a
+the Connection's `DbApiHook` with a `fetchmany` cursor (`operators.sources`: server-side on
+PostgreSQL, an unbuffered streaming one on MySQL/MariaDB), hand the batches to `write_snapshot` as a
 generator (memory stays flat whatever the row count), and return only the snapshot's
 metadata to XCom.
 
@@ -34,8 +34,8 @@ from airflow.sdk.exceptions import (
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import checks as publish_checks
+from airflow_nx1_connect.core import engines, store, writer
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import store, writer
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import (
     RuleError,
@@ -173,7 +173,7 @@ class _RuleOperator(BaseSQLOperator):
         except RuleError as exc:
             raise AirflowFailException(str(exc)) from None
         settings = get_settings()
-        engine = store.get_engine(settings.sql_alchemy_conn)
+        engine = engines.get_engine(settings.sql_alchemy_conn)
         ti = context["ti"]
         try:
             store.check_migrated(engine)
@@ -255,7 +255,7 @@ class _RuleOperator(BaseSQLOperator):
         import sqlalchemy as sa
 
         if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-            return StoreUnavailable(store.describe_store_error(engine, exc))
+            return StoreUnavailable(engines.describe_store_error(engine, exc))
         return exc
 
     def get_db_hook(self) -> DbApiHook:
@@ -443,7 +443,7 @@ class _RuleOperator(BaseSQLOperator):
 
     def _latest_snapshot(self) -> snaps.Snapshot | None:
         try:
-            engine = store.get_engine(get_settings().sql_alchemy_conn)
+            engine = engines.get_engine(get_settings().sql_alchemy_conn)
             return snaps.latest_snapshot(engine, self.data_api)
         except Exception:  # no store or no snapshot yet: the output has no schema
             return None

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from fastapi.responses import Response as FastAPIResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from airflow_nx1_connect.core import audit, control, keys, snapshots, store
+from airflow_nx1_connect.core import audit, control, engines, keys, snapshots
 from airflow_nx1_connect.core.errors import (
     AdminAuthError,
     AdminForbidden,
@@ -119,7 +119,7 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 
 
 def _engine() -> Any:
-    return store.get_engine()
+    return engines.get_engine()
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_nx1_connect.core import engines, store
 from airflow_nx1_connect.core import settings as settings_module
-from airflow_nx1_connect.core import store
 from airflow_nx1_connect.core.errors import ConfigError
 from airflow_nx1_connect.core.settings import OPTIONS, SECTION, get_settings, reset_settings
 from tests.conftest import drop_pg_schema, make_pg_schema, pg_admin_url
@@ -39,7 +39,7 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(key)
     monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
     yield
-    store.dispose_engines()
+    engines.dispose_engines()
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def pg():
     try:
         yield schema, url
     finally:
-        store.dispose_engines()
+        engines.dispose_engines()
         drop_pg_schema(schema)
 
 
@@ -151,7 +151,7 @@ def test_plain_values_do_not_import_airflow(tmp_path):
 def migrated_schema_of(url: str, schema: str) -> None:
     """The configured store is `url`, and migrating it creates the tables in `schema`."""
     assert get_settings().sql_alchemy_conn == url
-    store.migrate(store.get_engine())
+    store.migrate(engines.get_engine())
     assert STORE_TABLES <= tables_in(schema)
 
 

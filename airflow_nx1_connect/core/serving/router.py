@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from airflow_nx1_connect.core import arrow, ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
+from airflow_nx1_connect.core.engines import get_engine
 from airflow_nx1_connect.core.errors import NotFound
 from airflow_nx1_connect.core.reads import OPS
 from airflow_nx1_connect.core.runs import RunLauncher
@@ -86,7 +87,6 @@ from airflow_nx1_connect.core.serving.params import (
 )
 from airflow_nx1_connect.core.serving.runs import run_status_response, start_run_response
 from airflow_nx1_connect.core.settings import Settings, get_settings
-from airflow_nx1_connect.core.store import get_engine
 from airflow_nx1_connect.core.types import Column
 
 __all__ = [
