@@ -9,10 +9,10 @@
    the latest snapshot it builds on; the lock is held until its publish, so runs that
    overlap in time publish as if one came after the other (every run's rows are kept);
 4. creates and fills the snapshot's own table `nx1_snap_<id>` (`core.filling`): on
-   PostgreSQL in one transaction (`COPY`: `core.pg_copy`); on SQLite in short transactions of one batch each
-   (indexes made before the rows), so no write holds SQLite's one write lock for longer
-   than a batch and admin actions never wait for a whole run (the `writing` status keeps
-   the half-built table out of sight);
+   PostgreSQL in one transaction (`COPY`: `core.pg_copy`); on SQLite in short transactions
+   of one batch each (indexes made before the rows), so no write holds SQLite's one write
+   lock for longer than a batch and admin actions never wait for a whole run (the
+   `writing` status keeps the half-built table out of sight);
 5. runs the rule's publish checks (`core.checks`) on the staged table, in SQL;
 6. publishes it: one short transaction marks it `published` and moves the data API's
    latest pointer; `overwrite`: only if its `data_interval_end` is not older than the
