@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
@@ -72,6 +73,19 @@ class Request:
         if callable(self.url_root):
             self.url_root = self.url_root()
         return self.url_root
+
+    def link(
+        self, path: str | None = None, replace: Sequence[tuple[str, str]] | None = None
+    ) -> str:
+        """A URL for an answer's links, from `link_root` (Airflow's `[api] base_url` when set,
+        path-absolute otherwise): `path` (not yet quoted; default: the request's own) and,
+        with `replace`, the request's query without those parameters, then them, in order."""
+        target = quote(path if path is not None else unquote(self.path), safe="/")
+        if replace is None:
+            return f"{self.link_root()}{target}"
+        names = {name for name, _ in replace}
+        pairs = [(k, v) for k, v in self.query if k not in names] + list(replace)
+        return f"{self.link_root()}{target}?{urlencode(pairs, quote_via=quote)}"
 
 
 class Pending(Protocol):
@@ -209,12 +223,6 @@ async def complete_async(response: Response) -> Response:
     if response.pending is None:
         return response
     return await response.pending.answer_async()
-
-
-def close_body(body: bytes | Iterator[bytes]) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
 
 
 def problem_for(exc: BaseException) -> Response:

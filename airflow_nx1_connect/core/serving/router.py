@@ -34,13 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import arrow, ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
+from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.engines import get_engine
 from airflow_nx1_connect.core.errors import NotFound
 from airflow_nx1_connect.core.reads import OPS
@@ -66,7 +67,6 @@ from airflow_nx1_connect.core.serving.http import (
     Request,
     Response,
     bad_request,
-    close_body,
     complete,
     complete_async,
     error_response,
@@ -214,7 +214,7 @@ def _handle(
     except Exception as exc:  # the one place where exceptions become statuses
         return problem_for(exc)
     if request.method == "HEAD":
-        close_body(response.body)
+        close(response.body)
         response.body = b""
     return response
 
@@ -406,7 +406,4 @@ def next_url(request: Request, next_start: int | None, path: str | None = None) 
     `[api] base_url` when set, path-absolute otherwise (`Request.url_root`)."""
     if next_start is None:
         return None
-    pairs = [(k, v) for k, v in request.query if k != "start"]
-    pairs.append(("start", str(next_start)))
-    path = quote(path if path is not None else unquote(request.path), safe="/")
-    return f"{request.link_root()}{path}?{urlencode(pairs, quote_via=quote)}"
+    return request.link(path, replace=[("start", str(next_start))])
