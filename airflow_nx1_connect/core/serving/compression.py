@@ -13,6 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
+from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.serving.negotiation import weighted
 
 GZIP = "gzip"
@@ -54,6 +55,4 @@ def gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
                 yield out
         yield compressor.flush()
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close(chunks)
