@@ -246,3 +246,15 @@ def describe_store_error(engine: Engine, exc: BaseException) -> str:
         f"The snapshot store {where} cannot be reached ({first[0] if first else 'no detail'}). "
         "Check that it is running and that [nx1_connect] sql_alchemy_conn is right."
     )
+
+
+def driver_rows(dbapi_connection: Any, sql: str, params: Any) -> list[Any]:
+    """Every row of `sql` (bound values in the driver's paramstyle: `store.placeholder`), read
+    on the driver's own cursor: the hot paths (a key lookup, a page) skip SQLAlchemy's
+    per-row objects, several times faster. The caller owns the connection and its errors."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()

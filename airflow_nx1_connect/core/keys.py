@@ -38,7 +38,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core.clock import as_utc, iso, utcnow
-from airflow_nx1_connect.core.engines import SQLITE_BUSY_TIMEOUT_MS, describe_store_error
+from airflow_nx1_connect.core.engines import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    describe_store_error,
+    driver_rows,
+)
 from airflow_nx1_connect.core.errors import (
     AuthError,
     DataApiNotFound,
@@ -391,18 +395,14 @@ def _lookup(engine: Engine, digest: str) -> ApiKey | None:
     try:
         raw = engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(sql, (digest,))
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
+            found = driver_rows(raw, sql, (digest,))
         finally:
             raw.close()
     except (sa.exc.DBAPIError, engine.dialect.loaded_dbapi.Error) as exc:
         raise _store_error(engine, exc) from None
-    if row is None:
+    if not found:
         return None
+    row = found[0]
     key_id, prefix, data_api, description, created, expires, revoked, used = row[:8]
     return ApiKey(
         id=key_id,
