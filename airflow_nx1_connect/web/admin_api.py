@@ -59,28 +59,13 @@ class Caller:
         self.actor = control.Actor(
             self.name, remote_addr, lambda dag_id: roles.may_trigger_dag(user, dag_id)
         )
-        self.readable = self._kinds(user, "GET")
-        self.editable = self._kinds(user, "PUT") & self.readable
+        self.readable = roles.kinds_allowed(user, roles.ACTION_READ)
+        self.editable = roles.kinds_allowed(user, roles.ACTION_EDIT) & self.readable
         if not self.readable:
             raise AdminForbidden(
                 f"User {self.name!r} may not use NX1 Connect: it needs the nx1_ask or "
                 "nx1_engineer role (or Admin); ask an Airflow administrator."
             )
-
-    @staticmethod
-    def _kinds(user: Any, method: str) -> set[str]:
-        from airflow.api_fastapi.app import get_auth_manager
-
-        manager = get_auth_manager()
-        return {
-            kind
-            for kind, resource in roles.RESOURCES.items()
-            if manager.is_authorized_custom_view(
-                method=method,  # type: ignore[arg-type]
-                resource_name=resource,
-                user=user,
-            )
-        }
 
     def check(self, kind: str, *, edit: bool, what: str) -> None:
         """AdminForbidden unless the user may read (or, with `edit`, change) that kind."""
