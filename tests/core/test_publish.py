@@ -95,7 +95,7 @@ def test_overlapping_runs_lose_no_rows(engine: sa.Engine, mode: str) -> None:
 
 _APPEND = """
 import sys, time
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from airflow_nx1_connect.core.types import Column
 engine = engines.create_store_engine(sys.argv[1])
 first, n = int(sys.argv[2]), int(sys.argv[3])
@@ -251,7 +251,7 @@ def test_append_and_merge_build_on_the_latest_whatever_its_interval(engine: sa.E
 
 _BIG_WRITE = """
 import sys
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from airflow_nx1_connect.core.types import Column
 engine = engines.create_store_engine(sys.argv[1])
 n = int(sys.argv[2])

@@ -51,7 +51,7 @@ print(snapshot.id)
 
 _SETUP = """
 import sys
-from airflow_nx1_connect.core import keys, store
+from airflow_nx1_connect.core import engines, keys, store
 from airflow_nx1_connect.core import snapshots as snaps
 engine = engines.create_store_engine(sys.argv[1])
 store.migrate(engine)
