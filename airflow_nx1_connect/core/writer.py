@@ -169,50 +169,17 @@ def write_snapshot(
     the publish. See the module docstring for overlapping runs and backfills.
     """
     logger = logger or log
-    if write_mode not in WRITE_MODES:
-        raise RuleError(f"write_mode must be one of {', '.join(WRITE_MODES)}, not {write_mode!r}.")
     names = [c.name for c in columns]
-    if write_mode == "merge":
-        missing = [k for k in (merge_keys or []) if k not in names]
-        if not merge_keys or missing:
-            raise RuleError(
-                f"merge needs merge_keys that are columns of the result; missing: "
-                f"{', '.join(missing) or '(none given)'}; the result has {', '.join(names)}."
-            )
-        key_columns = merge_keys
-    keys = list(key_columns or [])
-    indexed = list(dict.fromkeys([*(index_columns or []), *keys[:1]]))
-    for what, wanted in (("key_columns", keys), ("index_columns", indexed)):
-        unknown = [c for c in wanted if c not in names]
-        if unknown:
-            raise RuleError(
-                f"{what} must be columns of the result; {', '.join(unknown)} is not. "
-                f"The result has {', '.join(names)}."
-            )
+    keys, indexed = _row_keys(names, write_mode, merge_keys, key_columns, index_columns)
     if checks is not None:
         publish_checks.check_columns(checks, names)
     cleanup_abandoned(engine, data_api)
 
     snapshot_id = uuid.uuid4().hex
     table = TABLE_PREFIX + snapshot_id
-    with engine.begin() as conn:
-        conn.execute(
-            snapshots.insert().values(
-                id=snapshot_id,
-                data_api=data_api,
-                run_id=run_id,
-                data_interval_end=data_interval_end,
-                status="writing",
-                row_count=None,
-                columns=names,
-                column_types=[c.type for c in columns],
-                created_at=utcnow(),
-                published_at=None,
-                table_name=table,
-                key_columns=keys or None,
-                indexed_columns=indexed or None,
-            )
-        )
+    _record_writing(
+        engine, snapshot_id, data_api, run_id, data_interval_end, columns, keys, indexed
+    )
     lease = Lease(engine, snapshot_id)
     lease.acquire()
     build = BuildLock(engine, data_api)
@@ -223,25 +190,10 @@ def write_snapshot(
             previous = _latest_or_none(engine, data_api)
             if previous is not None:
                 _check_same_shape(previous, columns, write_mode)
-        progress = filling.Progress(logger)
         fill = filling.Fill(
             table, columns, keys, index_columns or [], previous, write_mode, merge_keys
         )
-        with engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                row_count = filling.fill_sqlite(conn, fill, batches, progress)
-            else:
-                row_count = filling.fill_postgres(conn, fill, batches, progress)
-        if engine.dialect.name != "sqlite":
-            filling.build_indexes(engine, table, keys, index_columns or [])
-        elapsed = time.monotonic() - progress.started
-        logger.info(
-            "Snapshot %s written: %d rows in %.2f s (%.0f rows/s)",
-            snapshot_id,
-            row_count,
-            elapsed,
-            row_count / max(elapsed, 1e-9),
-        )
+        row_count = _fill(engine, fill, batches, logger)
         if write_mode == "overwrite":
             _take(build, data_api, logger)
         if checks is not None:
@@ -263,6 +215,93 @@ def write_snapshot(
         )
     apply_retention(engine, data_api, retention)
     return published
+
+
+def _row_keys(
+    names: list[str],
+    write_mode: str,
+    merge_keys: Sequence[str] | None,
+    key_columns: Sequence[str] | None,
+    index_columns: Sequence[str] | None,
+) -> tuple[list[str], list[str]]:
+    """(key columns, indexed columns) of a run, checked against the result's column names."""
+    if write_mode not in WRITE_MODES:
+        raise RuleError(f"write_mode must be one of {', '.join(WRITE_MODES)}, not {write_mode!r}.")
+    if write_mode == "merge":
+        missing = [k for k in (merge_keys or []) if k not in names]
+        if not merge_keys or missing:
+            raise RuleError(
+                f"merge needs merge_keys that are columns of the result; missing: "
+                f"{', '.join(missing) or '(none given)'}; the result has {', '.join(names)}."
+            )
+        key_columns = merge_keys
+    keys = list(key_columns or [])
+    indexed = list(dict.fromkeys([*(index_columns or []), *keys[:1]]))
+    for what, wanted in (("key_columns", keys), ("index_columns", indexed)):
+        unknown = [c for c in wanted if c not in names]
+        if unknown:
+            raise RuleError(
+                f"{what} must be columns of the result; {', '.join(unknown)} is not. "
+                f"The result has {', '.join(names)}."
+            )
+    return keys, indexed
+
+
+def _record_writing(
+    engine: Engine,
+    snapshot_id: str,
+    data_api: str,
+    run_id: str | None,
+    data_interval_end: dt.datetime | None,
+    columns: Sequence[Column],
+    keys: list[str],
+    indexed: list[str],
+) -> None:
+    """Commit the run's `writing` record (its table does not exist yet)."""
+    with engine.begin() as conn:
+        conn.execute(
+            snapshots.insert().values(
+                id=snapshot_id,
+                data_api=data_api,
+                run_id=run_id,
+                data_interval_end=data_interval_end,
+                status="writing",
+                row_count=None,
+                columns=[c.name for c in columns],
+                column_types=[c.type for c in columns],
+                created_at=utcnow(),
+                published_at=None,
+                table_name=TABLE_PREFIX + snapshot_id,
+                key_columns=keys or None,
+                indexed_columns=indexed or None,
+            )
+        )
+
+
+def _fill(
+    engine: Engine,
+    fill: filling.Fill,
+    batches: Iterable[Sequence[Sequence[Any]]],
+    logger: logging.Logger,
+) -> int:
+    """Create, fill and index the run's table (`core.filling`); its row count."""
+    progress = filling.Progress(logger)
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            row_count = filling.fill_sqlite(conn, fill, batches, progress)
+        else:
+            row_count = filling.fill_postgres(conn, fill, batches, progress)
+    if engine.dialect.name != "sqlite":
+        filling.build_indexes(engine, fill.table, fill.key_columns, fill.index_columns)
+    elapsed = time.monotonic() - progress.started
+    logger.info(
+        "Snapshot %s written: %d rows in %.2f s (%.0f rows/s)",
+        fill.table.removeprefix(TABLE_PREFIX),
+        row_count,
+        elapsed,
+        row_count / max(elapsed, 1e-9),
+    )
+    return row_count
 
 
 def _take(build: BuildLock, data_api: str, logger: logging.Logger) -> None:
