@@ -32,10 +32,11 @@ test: sync postgres redis  ## Run the whole test suite (SQLite, PostgreSQL, a Ce
 test-pythons: uv  ## pip install the wheel on Python 3.10-3.13 (no lock) and smoke-test each
 	@bash scripts/test-pythons.sh
 
-lint: sync  ## ruff and mypy
+lint: sync  ## ruff, mypy and the import contracts (layers, no cycles; pyproject.toml)
 	$(UV) run --locked ruff check airflow_nx1_connect tests dags_examples benchmarks scripts
 	$(UV) run --locked ruff format --check airflow_nx1_connect
 	$(UV) run --locked mypy
+	$(UV) run --locked lint-imports
 
 demo: sync  ## Airflow with the plugin, example DAGs run, a key made, a snapshot fetched
 	@bash scripts/demo.sh

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import Nx1Error
 
@@ -32,12 +33,12 @@ def _one_line(text: str) -> str:
 
 def _store_problem(exc: BaseException) -> str:
     """One line for a database error: unreachable, not migrated, or something else."""
-    from airflow_nx1_connect.core import store
+    from airflow_nx1_connect.core import engines, store
 
     try:
-        engine = store.get_engine()
+        engine = engines.get_engine()
         try:
-            store.check_reachable(engine)
+            engines.check_reachable(engine)
         except Nx1Error as unreachable:
             return str(unreachable)
         try:
@@ -81,9 +82,8 @@ class _Group(click.Group):
 
 
 def _engine() -> Any:
-    from airflow_nx1_connect.core import store
 
-    return store.get_engine()
+    return engines.get_engine()
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def db_migrate() -> None:
     from airflow_nx1_connect.core import store, writer
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one summary line instead
-    engine = store.get_engine()
+    engine = engines.get_engine()
     store.migrate(engine)
     removed = writer.cleanup_abandoned(engine)
     if removed:

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from benchmarks.common import cli, pg_schema, sayer
 from benchmarks.serve_bench import _batches, _free_port, serve, stream
 
@@ -59,7 +59,7 @@ def build(url: str, rows: int) -> tuple[str, str, str]:
     from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     store.migrate(engine)
     snaps.register_data_api(
         engine, name=NAME, kind="engineer", dag_id="bench", task_id="feed", key_columns=["id"]
@@ -78,7 +78,7 @@ def build(url: str, rows: int) -> tuple[str, str, str]:
         for batches in (_batches(rows), _changed(rows))
     ]
     key = keys.create_key(engine, data_api=NAME, days=1).secret
-    store.dispose_engines()
+    engines.dispose_engines()
     return key, ids[0], ids[1]
 
 

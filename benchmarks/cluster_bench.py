@@ -34,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from airflow_nx1_connect.core import engines
 from benchmarks.common import sayer
 from benchmarks.serve_bench import _read_response
 
@@ -72,10 +73,10 @@ def _columns() -> list[Any]:
 
 def _populate(store_url: str, rows: int) -> str:
     """One `rows`-row snapshot of data API `bench`; returns a key for it."""
-    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     try:
         snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="bench")
         snaps.write_snapshot(engine, data_api=NAME, columns=_columns(), batches=_rows(rows))
@@ -190,9 +191,8 @@ def reads(dep: Any, key: str, count: int, repeats: int) -> dict[int, tuple[float
 
 def _writer(store_url: str, name: str, rows: int, start: Any, ready: Any, out: Any) -> None:
     from airflow_nx1_connect.core import snapshots as snaps
-    from airflow_nx1_connect.core import store
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     snaps.register_data_api(engine, name=name, kind="engineer", dag_id="bench", task_id=name)
     ready.put(name)
     start.wait()

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from airflow_nx1_connect.core import engines
 from benchmarks.common import PG_URL, pg_schema, print_rows, sayer
 
 NAME = "large_bench"
@@ -153,9 +154,9 @@ def p99(latencies: list[float]) -> float:
 
 def _retention_child(url: str, keep: int) -> dict[str, Any]:
     """Child process body: apply retention to data API NAME; wall times of the call."""
-    from airflow_nx1_connect.core import store, writer
+    from airflow_nx1_connect.core import writer
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     with engine.connect() as conn:  # connect before timing
         conn.exec_driver_sql("SELECT 1")
     start = time.time()
@@ -229,7 +230,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="nx1-large-bench-") as tmp, pg_schema() as (_s, url):
         # PostgreSQL store: two old snapshots, then W4's operator run publishes the latest.
-        engine = store.get_engine(url)
+        engine = engines.get_engine(url)
         store.migrate(engine)
         # Registered as W4's operator registers it (an Ask rule, task `rss` of DAG `bench`).
         snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="rss")
@@ -237,7 +238,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             write_generated(engine, ROWS)
             say(f"old snapshot {i}: {ROWS:,} rows written in {time.perf_counter() - t0:.0f} s")
-        store.dispose_engines()
+        engines.dispose_engines()
 
         # W4: the operator in a fresh process publishes the latest 10M-row snapshot.
         os.environ["AIRFLOW__NX1_CONNECT__SNAPSHOT_RETENTION"] = "100"
@@ -280,14 +281,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
         # W5 on the embedded SQLite store: three snapshots written by write_snapshot.
         sqlite_url = f"sqlite:///{Path(tmp) / 'store.db'}"
-        engine = store.get_engine(sqlite_url)
+        engine = engines.get_engine(sqlite_url)
         store.migrate(engine)
         snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="rss")
         for i in (1, 2, 3):
             t0 = time.perf_counter()
             write_generated(engine, ROWS)
             say(f"SQLite store snapshot {i}: {ROWS:,} rows in {time.perf_counter() - t0:.0f} s")
-        store.dispose_engines()
+        engines.dispose_engines()
         rows += retention_rows("SQLite", *measure_retention(sqlite_url, tmp))
     return rows
 
@@ -299,16 +300,16 @@ def measure_retention(
 
     Data API NAME must have three or more snapshots, the newest three of ROWS rows.
     """
-    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
     from benchmarks.serve_bench import _free_port, serve
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     published = snaps.list_snapshots(engine, NAME)
     big = [s for s in published if s.row_count == ROWS]
     assert len(big) == 3 and published[0].id == big[0].id, published
     key = keys.create_key(engine, data_api=NAME, days=1).secret
-    store.dispose_engines()
+    engines.dispose_engines()
     port = _free_port()
     env = {**os.environ, "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url, "AIRFLOW_HOME": tmp}
     argv = [
@@ -320,9 +321,9 @@ def measure_retention(
         load(port, path, key, ROWS, 2.0)  # warm up (and the key's first last_used write)
         baseline = [lat for _, lat in load(port, path, key, ROWS, LOAD_SECONDS)]
         samples, window = retention_during_load(url, port, path, key, ROWS)
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     left = snaps.list_snapshots(engine, NAME)
-    store.dispose_engines()
+    engines.dispose_engines()
     assert [s.id for s in left] == [big[0].id], left
     return baseline, samples, window
 

@@ -161,10 +161,10 @@ def second_snapshot(store_url: str, rows: int) -> str:
     """Publish a second `rows`-row snapshot of the data API whose rows are those of the first
     from the middle on, then as many new ones; returns the first snapshot's id (the feed's
     `since`: `rows` changes, half deletes, half inserts)."""
+    from airflow_nx1_connect.core import engines, writer
     from airflow_nx1_connect.core import snapshots as snaps
-    from airflow_nx1_connect.core import store, writer
 
-    engine = store.get_engine(store_url)
+    engine = engines.get_engine(store_url)
     first = snaps.latest_snapshot(engine, NAME)
     half = rows // 2
 
@@ -176,7 +176,7 @@ def second_snapshot(store_url: str, rows: int) -> str:
 
     columns = snaps.resolve_columns(first, None)
     writer.write_snapshot(engine, data_api=NAME, columns=columns, batches=shifted())
-    store.dispose_engines()
+    engines.dispose_engines()
     return first.id
 
 

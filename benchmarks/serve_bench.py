@@ -21,7 +21,7 @@ Airflow's api-server runs it), and `datasette serve`.
   server's RSS before, peak during and after (sampled from /proc), over two streams in a
   row: flat means the second stream adds nothing. Target: >= 1.5x MB/s, RSS flat.
 - R3: `core.keys.verify_key` in-process on the same store, mean time per call (best of
-  5 rounds), and its share of a whole in-process `core.serving.handle` of the R1 request
+  5 rounds), and its share of a whole in-process `core.serving.router.handle` of the R1 request
   (best of 5 rounds). Target < 0.05 ms.
 - R4: a filtered page on the indexed column, `.../latest?where.name=eq.<v>&limit=100` vs
   Datasette's `rows.json?name=<v>&_size=100&_nocount=1&_nofacet=1&_nosuggest=1` (an index
@@ -36,7 +36,7 @@ Airflow's api-server runs it), and `datasette serve`.
 - R6: the whole snapshot as CSV with `Accept-Encoding: gzip`, uncompressed MB/s delivered
   (the client decompresses), against the plain CSV stream. Target: >= 0.5x.
 - R7: the per-key rate-limit check added to every request of a limited key
-  (`core.ratelimit.check`, with the limit resolved from the key as `serving.handle` does),
+  (`core.ratelimit.check`, with the limit resolved from the key as `serving.router.handle` does),
   in-process, mean time per call, best of 5 rounds, with `memory://` storage (the default;
   target < 0.05 ms); the same with `redis://127.0.0.1:6379/12` reported beside it (a round
   trip to Redis; its keys are deleted afterwards). The limit is never reached.
@@ -68,7 +68,7 @@ from typing import Any
 
 import httpx
 
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from benchmarks.common import cli, pg_schema, rss_kb, sayer
 
 NAME = "bench"
@@ -115,7 +115,7 @@ def build_store(url: str, rows: int) -> tuple[str, Any]:
     from airflow_nx1_connect.core import keys
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     store.migrate(engine)
     snaps.register_data_api(engine, name=NAME, kind="ask", dag_id="bench", task_id="bench")
     columns = [
@@ -147,7 +147,7 @@ def build(tmp: Path, rows: int) -> tuple[str, str, Path]:
             f'ORDER BY "{store.ROW_COLUMN}"'
         )
         conn.execute("CREATE INDEX rows_name ON rows (name)")
-    store.dispose_engines()
+    engines.dispose_engines()
     return url, key, peer
 
 
@@ -305,13 +305,13 @@ def stream(
 
 
 def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
-    """(mean ms of verify_key, mean ms of a whole serving.handle of the R1 request)."""
-    from airflow_nx1_connect.core import serving
+    """(mean ms of verify_key, mean ms of a whole router.handle of the R1 request)."""
     from airflow_nx1_connect.core.keys import verify_key
+    from airflow_nx1_connect.core.serving import router
     from airflow_nx1_connect.core.settings import get_settings
 
     os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = url
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     settings = get_settings()
     for _ in range(200):
         verify_key(engine, key, NAME)
@@ -323,7 +323,7 @@ def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
             verify_key(engine, key, NAME)
         rounds.append((time.perf_counter() - t0) / (calls // 5) * 1000)
     verify_ms = min(rounds)
-    request = serving.Request(
+    request = router.Request(
         "GET",
         "http://127.0.0.1",
         f"/nx1/api/v1/data-apis/{NAME}/latest",
@@ -331,19 +331,17 @@ def key_check(url: str, key: str, calls: int) -> tuple[float, float]:
         {"X-API-Key": key},
     )
     for _ in range(100):
-        serving.handle("latest", request, name=NAME, engine=engine, settings=settings)
+        router.handle("latest", request, name=NAME, engine=engine, settings=settings)
     n = max(calls // 25, 100)
     rounds = []
     for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(n):
-            response = serving.handle(
-                "latest", request, name=NAME, engine=engine, settings=settings
-            )
+            response = router.handle("latest", request, name=NAME, engine=engine, settings=settings)
             assert response.status == 200
         rounds.append((time.perf_counter() - t0) / n * 1000)
     handle_ms = min(rounds)
-    store.dispose_engines()
+    engines.dispose_engines()
     return verify_ms, handle_ms
 
 
@@ -395,7 +393,7 @@ def r5_postgresql(rows: int, base: str, env: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with pg_schema() as (_schema, url):
         key, _snap = build_store(url, rows)
-        store.dispose_engines()
+        engines.dispose_engines()
         port = _free_port()
         argv = [
             sys.executable, "-m", "uvicorn", "airflow_nx1_connect.web.api:app",

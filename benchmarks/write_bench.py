@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from airflow_nx1_connect.core import writer
+from airflow_nx1_connect.core import engines, writer
 from benchmarks.common import (
     PG_URL,
     SOURCE_TABLE,
@@ -67,7 +67,7 @@ def prepare_store(store_url: str, name: str = "bench") -> Any:
     from airflow_nx1_connect.core import snapshots as snaps
     from airflow_nx1_connect.core import store
 
-    engine = store.get_engine(store_url)
+    engine = engines.get_engine(store_url)
     store.migrate(engine)
     snaps.register_data_api(engine, name=name, kind="engineer", dag_id="bench", task_id="w")
     return engine
@@ -191,7 +191,7 @@ def _rss_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     os.environ["AIRFLOW_CONN_NX1_BENCH_SRC"] = spec["conn"]
     os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = spec["store"]
-    store.migrate(store.get_engine(spec["store"]))
+    store.migrate(engines.get_engine(spec["store"]))
 
     def run(limit: int) -> dict[str, Any]:
         op = AskRuleOperator(
@@ -343,7 +343,6 @@ def _row(fid: str, figure: str, ours_rate: float, peer_rate: float, target: floa
 
 def run(quick: bool = False, log: Any = None) -> list[dict[str, Any]]:
     """Run W1, W2, W3; returns rows with id, figure, ours, peer, ratio, target (and met)."""
-    from airflow_nx1_connect.core import store
 
     say = log or (lambda msg: print(f"[write_bench] {msg}", file=sys.stderr, flush=True))
     size = SIZES[bool(quick)]
@@ -357,7 +356,7 @@ def run(quick: bool = False, log: Any = None) -> list[dict[str, Any]]:
         # W1: SQLite store (retention 1: each run drops the previous snapshot's table)
         engine = prepare_store(f"sqlite:///{tmp / 'store.db'}")
         t_ours, c = _best(repeats, lambda: ours(engine, source))
-        store.dispose_engines()
+        engines.dispose_engines()
         assert c == n
         t_bare, c = _best(repeats, lambda: bare_sqlite(tmp / "bare.db", source))
         assert c == n
@@ -386,7 +385,7 @@ def run(quick: bool = False, log: Any = None) -> list[dict[str, Any]]:
         with pg_schema() as (_schema, url):
             engine = prepare_store(url)
             t_ours, c = _best(repeats, lambda: ours(engine, source))
-            store.dispose_engines()
+            engines.dispose_engines()
             assert c == n
             t_copy, c = _best(repeats, lambda: bare_copy(url, source))
             assert c == n

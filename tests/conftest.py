@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_nx1_connect.core import engines
+
 PG_URL = os.environ.get("NX1_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Airflow reads its home at import: give the whole session a private one before any import.
@@ -25,6 +27,26 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 for _key in list(os.environ):
     if _key.startswith("AIRFLOW__NX1_CONNECT__"):
         del os.environ[_key]
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings are resolved once per process; tests change the environment on purpose, so
+    each test starts unresolved and every `monkeypatch.setenv`/`delenv` forgets them again."""
+    from airflow_nx1_connect.core.settings import reset_settings
+
+    def forgetting(original):  # type: ignore[no-untyped-def]
+        def changed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            original(self, *args, **kwargs)
+            reset_settings()
+
+        return changed
+
+    reset_settings()
+    for name in ("setenv", "delenv"):
+        monkeypatch.setattr(pytest.MonkeyPatch, name, forgetting(getattr(pytest.MonkeyPatch, name)))
+    yield
+    reset_settings()
 
 
 def pg_admin_url() -> str:
@@ -55,17 +77,17 @@ def drop_pg_schema(schema: str) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty, unmigrated store: a SQLite file, or a fresh PostgreSQL schema."""
-    from airflow_nx1_connect.core import store
+    from airflow_nx1_connect.core import engines
 
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
-        store.dispose_engines()
+        engines.dispose_engines()
         return
     schema, url = make_pg_schema()
     try:
         yield url
     finally:
-        store.dispose_engines()
+        engines.dispose_engines()
         drop_pg_schema(schema)
 
 
@@ -81,7 +103,7 @@ def engine(store_env: str):
     """A migrated store engine (SQLite and PostgreSQL)."""
     from airflow_nx1_connect.core import store
 
-    eng = store.get_engine(store_env)
+    eng = engines.get_engine(store_env)
     store.migrate(eng)
     return eng
 

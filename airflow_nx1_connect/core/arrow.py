@@ -31,8 +31,9 @@ import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import reads, types
+from airflow_nx1_connect.core.engines import CONNECT_TIMEOUT_S, read_timeout
 from airflow_nx1_connect.core.snapshots import Snapshot
-from airflow_nx1_connect.core.store import BATCH_SIZE, CONNECT_TIMEOUT_S, read_timeout
+from airflow_nx1_connect.core.store import BATCH_SIZE
 from airflow_nx1_connect.core.types import Column
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core.clock import iso, utcnow
 from airflow_nx1_connect.core.errors import ValidationError
+from airflow_nx1_connect.core.inputs import whole_number
+from airflow_nx1_connect.core.keys import KEY_CHARS, KEY_PREFIX
 from airflow_nx1_connect.core.store import audit, data_apis
 
 #: The actions recorded (the `action` field of an event).
@@ -39,7 +41,7 @@ ACTIONS = (
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: Anything that looks like a data API key (or a bare hash) never enters the trail.
-_SECRET_RE = re.compile(r"nx1_[A-Za-z0-9_-]{20,}|\b[0-9a-f]{64}\b")
+_SECRET_RE = re.compile(rf"{KEY_PREFIX}{KEY_CHARS}{{20,}}|\b[0-9a-f]{{64}}\b")
 _ACTOR_LENGTH = 250
 _ADDR_LENGTH = 64
 
@@ -138,11 +140,7 @@ def validate_limit(limit: object) -> int:
     """The number of events to return: a whole number from 1 to MAX_LIMIT (text accepted)."""
     if limit is None or limit == "":
         return DEFAULT_LIMIT
-    value: int | None = None
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        value = limit
-    elif isinstance(limit, str) and re.fullmatch(r"\s*\d{1,9}\s*", limit):
-        value = int(limit)
+    value = whole_number(limit)
     if value is None or not 1 <= value <= MAX_LIMIT:
         raise ValidationError(
             f"limit must be a whole number from 1 to {MAX_LIMIT}; got {str(limit)[:40]!r}.",

@@ -29,15 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import snapshots as snaps
+from airflow_nx1_connect.core.engines import read_deadline
 from airflow_nx1_connect.core.errors import SnapshotGone, SnapshotNotFound, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import (
-    BATCH_SIZE,
-    ROW_COLUMN,
-    quote,
-    read_deadline,
-    retired_snapshots,
-)
+from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, quote, retired_snapshots
 from airflow_nx1_connect.core.types import Column
 
 #: The operation column that leads every change row.

@@ -38,6 +38,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core.clock import as_utc, iso, utcnow
+from airflow_nx1_connect.core.engines import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    describe_store_error,
+    driver_rows,
+)
 from airflow_nx1_connect.core.errors import (
     AuthError,
     DataApiNotFound,
@@ -46,13 +51,8 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from airflow_nx1_connect.core.store import (
-    SQLITE_BUSY_TIMEOUT_MS,
-    api_keys,
-    data_apis,
-    describe_store_error,
-    placeholder,
-)
+from airflow_nx1_connect.core.inputs import whole_number
+from airflow_nx1_connect.core.store import api_keys, data_apis, placeholder
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ KEY_RANDOM_BYTES = 40
 #: Length of the URL-safe text after `nx1_` (base64 of KEY_RANDOM_BYTES, unpadded).
 KEY_BODY_LENGTH = 54
 KEY_LENGTH = len(KEY_PREFIX) + KEY_BODY_LENGTH
-KEY_RE = re.compile(rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{{KEY_BODY_LENGTH}}}$")
+#: The characters after the prefix (URL-safe base64).
+KEY_CHARS = "[A-Za-z0-9_-]"
+KEY_RE = re.compile(rf"^{KEY_PREFIX}{KEY_CHARS}{{{KEY_BODY_LENGTH}}}$")
 #: Characters of the key kept for display (`nx1_` + 8), enough to tell keys apart.
 DISPLAY_PREFIX_LENGTH = 12
 #: Key ids: 16 random hex characters, unrelated to the secret.
@@ -174,11 +176,7 @@ def validate_rate_limit(rate_limit: object) -> int | None:
     """None (use `default_rate_limit`), or requests per minute from 0 (no limit) up."""
     if rate_limit is None or rate_limit == "":
         return None
-    value: int | None = None
-    if isinstance(rate_limit, int) and not isinstance(rate_limit, bool):
-        value = rate_limit
-    elif isinstance(rate_limit, str) and re.fullmatch(r"\s*\d{1,9}\s*", rate_limit):
-        value = int(rate_limit)
+    value = whole_number(rate_limit)
     if value is None or value < 0:
         raise ValidationError(
             f"The rate limit must be a whole number of requests per minute (0 = no limit); "
@@ -222,11 +220,7 @@ def validate_days(days: object, *, limit: int | None = None) -> int:
     Accepts an int or the text of one (form fields); else ValidationError(field="days").
     """
     limit = max_key_days() if limit is None else limit
-    value: int | None = None
-    if isinstance(days, int) and not isinstance(days, bool):
-        value = days
-    elif isinstance(days, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", days):
-        value = int(days)
+    value = whole_number(days, signed=True)
     if value is None or not 1 <= value <= limit:
         shown = (
             days.strip()
@@ -401,18 +395,14 @@ def _lookup(engine: Engine, digest: str) -> ApiKey | None:
     try:
         raw = engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(sql, (digest,))
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
+            found = driver_rows(raw, sql, (digest,))
         finally:
             raw.close()
     except (sa.exc.DBAPIError, engine.dialect.loaded_dbapi.Error) as exc:
         raise _store_error(engine, exc) from None
-    if row is None:
+    if not found:
         return None
+    row = found[0]
     key_id, prefix, data_api, description, created, expires, revoked, used = row[:8]
     return ApiKey(
         id=key_id,
@@ -599,11 +589,7 @@ def validate_overlap_hours(hours: object) -> int:
     if hours is None or hours == "":
         return DEFAULT_OVERLAP_HOURS
     limit = max_key_days() * 24
-    value: int | None = None
-    if isinstance(hours, int) and not isinstance(hours, bool):
-        value = hours
-    elif isinstance(hours, str) and re.fullmatch(r"\s*\d{1,9}\s*", hours):
-        value = int(hours)
+    value = whole_number(hours)
     if value is None or not 0 <= value <= limit:
         raise ValidationError(
             f"The overlap must be a whole number of hours from 0 to {limit}; "

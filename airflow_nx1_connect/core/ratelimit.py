@@ -30,8 +30,6 @@ from airflow_nx1_connect.core.errors import ConfigError, RateLimited, RateLimitU
 
 #: The window, in seconds, of every limit (limits are requests per minute).
 WINDOW_S = 60
-#: The policy name in the `RateLimit-Policy` / `RateLimit` fields.
-POLICY = "per-key"
 _NAMESPACE = "nx1_connect"
 
 _lock = threading.Lock()
@@ -89,15 +87,6 @@ def check(key_id: str, limit: int, storage_url: str) -> None:
         raise RateLimitUnavailable(type(exc).__name__) from None
     retry_after = max(1, math.ceil(stats.reset_time - time.time()))
     raise RateLimited(limit=limit, window=WINDOW_S, retry_after=retry_after)
-
-
-def headers(exc: RateLimited) -> list[tuple[str, str]]:
-    """`Retry-After` and the IETF draft `RateLimit-Policy` / `RateLimit` fields of a 429."""
-    return [
-        ("Retry-After", str(exc.retry_after)),
-        ("RateLimit-Policy", f'"{POLICY}";q={exc.limit};w={exc.window}'),
-        ("RateLimit", f'"{POLICY}";r=0;t={exc.retry_after}'),
-    ]
 
 
 def reset_limiters() -> None:

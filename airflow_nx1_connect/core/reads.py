@@ -24,16 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import types
+from airflow_nx1_connect.core.engines import driver_rows, read_deadline
 from airflow_nx1_connect.core.errors import SnapshotNotFound, StoreUnavailable, ValidationError
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
-from airflow_nx1_connect.core.store import (
-    BATCH_SIZE,
-    ROW_COLUMN,
-    placeholder,
-    quote,
-    read_deadline,
-    snapshots,
-)
+from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, placeholder, quote, snapshots
 from airflow_nx1_connect.core.types import Column
 
 log = logging.getLogger(__name__)
@@ -530,17 +524,12 @@ def iter_raw_rows(
 
 
 def _fetch_all(conn: Connection, snapshot: Snapshot, sql: str, params: Any) -> list[Any]:
-    """Run a read of `snapshot` on the driver's own cursor (the hot path of every page: no
-    per-row Row objects, several times faster than a SQLAlchemy result), within the read
-    engine's bound; a failure is `read_failed`'s answer."""
+    """Run a read of `snapshot` on the driver's own cursor (`engines.driver_rows`: the hot
+    path of every page), within the read engine's bound; a failure is `read_failed`'s
+    answer."""
     try:
         with read_deadline(conn):
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, params)
-                return list(cursor.fetchall())
-            finally:
-                cursor.close()
+            return driver_rows(conn.connection.dbapi_connection, sql, params)
     except conn.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
         raise read_failed(conn, snapshot, exc) from exc
 

@@ -22,10 +22,12 @@ case-sensitive, `%` interpolation, `$VAR`/`~` expansion): importing the package,
 the per-request path never pay seconds for importing Airflow. If Airflow cannot be imported,
 an option that needs it is a `ConfigError`, never a silent fallback to the default.
 
-Resolved values are kept per inputs: the `AIRFLOW__NX1_CONNECT__*` variables (with `_CMD` and
-`_SECRET`), `AIRFLOW_HOME`, `AIRFLOW_CONFIG`, the `[secrets]` backend variables, and the config
-file's path and modification time. A changed input is seen on the next call; a command runs
-once per process and inputs, not per call.
+Settings do not change under a running process: they are resolved once per process, on first
+use, and kept (a `_cmd` runs once per process). `reset_settings()` forgets them (tests, or a
+process that changed its environment on purpose).
+
+Why not import Airflow for every option: `import airflow` costs seconds (16 s against 3.7 s for a
+whole `nx1-connect keys list` on a loaded 2-core machine), which every CLI call would pay.
 """
 
 from __future__ import annotations
@@ -283,77 +285,25 @@ def _settings(values: dict[str, str]) -> Settings:
     return settings
 
 
-#: The environment variables that are inputs of the resolution (see the module docstring).
-#: `_CMD`/`_SECRET` count for the sensitive options only: Airflow ignores them for the others.
-_ENV_INPUTS: tuple[str, ...] = (
-    "AIRFLOW_HOME",
-    "AIRFLOW_CONFIG",
-    "AIRFLOW__SECRETS__BACKEND",
-    "AIRFLOW__SECRETS__BACKEND_KWARGS",
-    *(_env_name(option) for option in OPTIONS),
-    *(f"{_env_name(option)}{end}" for option in sorted(SENSITIVE) for end in ("_CMD", "_SECRET")),
-)
-_encodekey = getattr(os.environ, "encodekey", None)
-_ENV_KEYS = tuple(_encodekey(n) for n in _ENV_INPUTS) if callable(_encodekey) else None
-
 _lock = threading.Lock()
-_path_cache: tuple[tuple[object, ...], Path] | None = None
-_values_cache: tuple[tuple[object, ...], dict[str, str]] | None = None
-_settings_cache: tuple[tuple[object, ...], Settings] | None = None
-
-
-def _environment() -> tuple[object, ...]:
-    """The raw values of `_ENV_INPUTS`, compared to see whether an input changed.
-
-    This runs on every request: CPython's `os.environ._data` (the dict behind `os.environ`,
-    which every change through `os.environ` updates) is read directly, as `os.environ.get`
-    costs about 1 us per variable that is not set. Elsewhere, `os.environ.get` is used.
-    """
-    data = getattr(os.environ, "_data", None)
-    if _ENV_KEYS is not None and type(data) is dict:
-        return tuple(map(data.get, _ENV_KEYS))
-    return tuple(map(os.environ.get, _ENV_INPUTS))
-
-
-def _inputs() -> tuple[object, ...]:
-    global _path_cache
-    env = _environment()
-    paths = _path_cache
-    if paths is None or paths[0] != env[:2]:  # AIRFLOW_HOME and AIRFLOW_CONFIG decide it
-        paths = _path_cache = (env[:2], _config_file())
-    try:
-        mtime: int | None = os.stat(paths[1]).st_mtime_ns
-    except OSError:
-        mtime = None
-    return (env, mtime)
-
-
-def current_settings() -> Settings:
-    """The resolved and validated options, re-resolved only when their inputs change.
-
-    Cheap enough per request: unchanged inputs return the same object. A changed variable or
-    airflow.cfg is seen on the next call; a `_cmd` runs once per process and inputs.
-    """
-    global _values_cache, _settings_cache
-    key = _inputs()
-    cached = _settings_cache
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    with _lock:
-        values_cached = _values_cache
-        if values_cached is not None and values_cached[0] == key:
-            values = values_cached[1]
-        else:
-            values = _resolve()
-            _values_cache = (key, values)
-        settings = _settings(values)  # a bad value raises on every call until it is fixed
-        _settings_cache = (key, settings)
-    return settings
+_cached: Settings | None = None
 
 
 def get_settings() -> Settings:
-    """Resolve and validate `[nx1_connect]` for the current environment and airflow.cfg.
+    """The resolved and validated options of this process: resolved on first use (never at
+    import), then kept, as settings do not change under a running process."""
+    global _cached
+    settings = _cached
+    if settings is None:
+        with _lock:
+            settings = _cached
+            if settings is None:
+                settings = _cached = _settings(_resolve())
+    return settings
 
-    The same as `current_settings()`: values are re-read whenever an input changed.
-    """
-    return current_settings()
+
+def reset_settings() -> None:
+    """Forget the resolved options: the next `get_settings()` resolves them again."""
+    global _cached
+    with _lock:
+        _cached = None

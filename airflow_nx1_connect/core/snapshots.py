@@ -173,61 +173,49 @@ def register_data_api(
     if kind not in KINDS:
         raise RuleError(f"Kind must be one of {', '.join(KINDS)}, not {kind!r}.")
     now = utcnow()
+    rule = {
+        "description": description,
+        "question": question,
+        "conn_id": conn_id,
+        "write_mode": write_mode,
+        "key_columns": list(key_columns or []) or None,
+        "index_columns": list(index_columns or []) or None,
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "updated_at": now,
+    }
     with engine.begin() as conn:
-        row = conn.execute(sa.select(data_apis).where(data_apis.c.name == name)).first()
+        row = conn.execute(sa.select(data_apis.c.name).where(data_apis.c.name == name)).first()
         if row is None:
             try:
-                conn.execute(
-                    data_apis.insert().values(
-                        name=name,
-                        kind=kind,
-                        description=description,
-                        question=question,
-                        dag_id=dag_id,
-                        task_id=task_id,
-                        conn_id=conn_id,
-                        write_mode=write_mode,
-                        key_columns=list(key_columns or []) or None,
-                        index_columns=list(index_columns or []) or None,
-                        created_at=now,
-                        updated_at=now,
-                        latest_snapshot_id=None,
+                with conn.begin_nested():  # a concurrent first run may insert it meanwhile
+                    conn.execute(
+                        data_apis.insert().values(
+                            name=name, kind=kind, created_at=now, latest_snapshot_id=None, **rule
+                        )
                     )
-                )
             except sa.exc.IntegrityError:
-                # Registered by a concurrent first run: check ownership below.
-                pass
+                pass  # registered by that concurrent first run: check ownership below
             else:
                 return get_data_api(conn, name)
-        existing = get_data_api(conn, name)
-        if existing.kind != kind:
-            raise RuleError(
-                f"Data API {name!r} is an {existing.kind} data API; this {kind} task cannot "
-                "publish to it. Choose another data_api name."
-            )
-        owner = (existing.dag_id, existing.task_id)
-        if existing.dag_id is not None and owner != (dag_id, task_id):
-            raise RuleError(
-                f"Data API {name!r} belongs to task {existing.task_id!r} of DAG "
-                f"{existing.dag_id!r}; each data API is tied to one rule. Choose another "
-                f"data_api name, or delete it first with: nx1-connect apis delete {name}"
-            )
-        conn.execute(
-            data_apis.update()
-            .where(data_apis.c.name == name)
-            .values(
-                description=description,
-                question=question,
-                conn_id=conn_id,
-                write_mode=write_mode,
-                key_columns=list(key_columns or []) or None,
-                index_columns=list(index_columns or []) or None,
-                dag_id=dag_id,
-                task_id=task_id,
-                updated_at=now,
-            )
-        )
+        _check_owner(get_data_api(conn, name), kind, dag_id, task_id)
+        conn.execute(data_apis.update().where(data_apis.c.name == name).values(**rule))
         return get_data_api(conn, name)
+
+
+def _check_owner(existing: DataApi, kind: str, dag_id: str | None, task_id: str | None) -> None:
+    """RuleError unless the rule (its kind, DAG and task) may publish to `existing`."""
+    if existing.kind != kind:
+        raise RuleError(
+            f"Data API {existing.name!r} is an {existing.kind} data API; this {kind} task "
+            "cannot publish to it. Choose another data_api name."
+        )
+    if existing.dag_id is not None and (existing.dag_id, existing.task_id) != (dag_id, task_id):
+        raise RuleError(
+            f"Data API {existing.name!r} belongs to task {existing.task_id!r} of DAG "
+            f"{existing.dag_id!r}; each data API is tied to one rule. Choose another "
+            f"data_api name, or delete it first with: nx1-connect apis delete {existing.name}"
+        )
 
 
 def get_data_api(bind: Engine | Connection, name: str) -> DataApi:

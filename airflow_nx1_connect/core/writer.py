@@ -8,11 +8,11 @@
 3. an `append` or `merge` run takes the data API's build lock (`lease.BuildLock`) and reads
    the latest snapshot it builds on; the lock is held until its publish, so runs that
    overlap in time publish as if one came after the other (every run's rows are kept);
-4. creates and fills the snapshot's own table `nx1_snap_<id>`: on PostgreSQL in one
-   transaction (`COPY`: `core.pg_copy`); on SQLite in short transactions of one batch each
-   (indexes made before the rows), so no write holds SQLite's one write lock for longer
-   than a batch and admin actions never wait for a whole run (the `writing` status keeps
-   the half-built table out of sight);
+4. creates and fills the snapshot's own table `nx1_snap_<id>` (`core.filling`): on
+   PostgreSQL in one transaction (`COPY`: `core.pg_copy`); on SQLite in short transactions
+   of one batch each (indexes made before the rows), so no write holds SQLite's one write
+   lock for longer than a batch and admin actions never wait for a whole run (the
+   `writing` status keeps the half-built table out of sight);
 5. runs the rule's publish checks (`core.checks`) on the staged table, in SQL;
 6. publishes it: one short transaction marks it `published` and moves the data API's
    latest pointer; `overwrite`: only if its `data_interval_end` is not older than the
@@ -33,18 +33,16 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import checks as publish_checks
-from airflow_nx1_connect.core import types
+from airflow_nx1_connect.core import filling, types
 from airflow_nx1_connect.core.clock import utcnow
 from airflow_nx1_connect.core.errors import ChecksFailed, LatestMoved, RuleError, SnapshotNotFound
 from airflow_nx1_connect.core.lease import BuildLock, Lease
-from airflow_nx1_connect.core.pg_copy import copy_rows
 from airflow_nx1_connect.core.snapshots import (
     Snapshot,
     latest_snapshot,
@@ -53,25 +51,18 @@ from airflow_nx1_connect.core.snapshots import (
 )
 from airflow_nx1_connect.core.store import (
     ROW_COLUMN,
-    SQLITE_AUTOCHECKPOINT,
-    SQLITE_BUSY_TIMEOUT_MS,
     TABLE_PREFIX,
     data_apis,
     empty_trash,
-    quote,
     retire_table,
     retired_snapshots,
     snapshots,
-    take_sqlite_write_lock,
 )
 from airflow_nx1_connect.core.types import Column
 
 log = logging.getLogger(__name__)
 
 WRITE_MODES = ("overwrite", "append", "merge")
-PROGRESS_EVERY_S = 5.0
-#: Rows of a previous snapshot copied per SQLite transaction (append, merge).
-COPY_CHUNK = 20_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,23 +143,6 @@ def cleanup_abandoned(engine: Engine, data_api: str | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Progress:
-    log: logging.Logger
-    every: float = PROGRESS_EVERY_S
-    started: float = field(default_factory=time.monotonic)
-    last: float = field(default_factory=time.monotonic)
-    rows: int = 0
-
-    def add(self, n: int) -> None:
-        self.rows += n
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = self.rows / max(now - self.started, 1e-9)
-            self.log.info("Snapshot write: %d rows so far, %.0f rows/s", self.rows, rate)
-
-
 def write_snapshot(
     engine: Engine,
     *,
@@ -195,50 +169,17 @@ def write_snapshot(
     the publish. See the module docstring for overlapping runs and backfills.
     """
     logger = logger or log
-    if write_mode not in WRITE_MODES:
-        raise RuleError(f"write_mode must be one of {', '.join(WRITE_MODES)}, not {write_mode!r}.")
     names = [c.name for c in columns]
-    if write_mode == "merge":
-        missing = [k for k in (merge_keys or []) if k not in names]
-        if not merge_keys or missing:
-            raise RuleError(
-                f"merge needs merge_keys that are columns of the result; missing: "
-                f"{', '.join(missing) or '(none given)'}; the result has {', '.join(names)}."
-            )
-        key_columns = merge_keys
-    keys = list(key_columns or [])
-    indexed = list(dict.fromkeys([*(index_columns or []), *keys[:1]]))
-    for what, wanted in (("key_columns", keys), ("index_columns", indexed)):
-        unknown = [c for c in wanted if c not in names]
-        if unknown:
-            raise RuleError(
-                f"{what} must be columns of the result; {', '.join(unknown)} is not. "
-                f"The result has {', '.join(names)}."
-            )
+    keys, indexed = _row_keys(names, write_mode, merge_keys, key_columns, index_columns)
     if checks is not None:
         publish_checks.check_columns(checks, names)
     cleanup_abandoned(engine, data_api)
 
     snapshot_id = uuid.uuid4().hex
     table = TABLE_PREFIX + snapshot_id
-    with engine.begin() as conn:
-        conn.execute(
-            snapshots.insert().values(
-                id=snapshot_id,
-                data_api=data_api,
-                run_id=run_id,
-                data_interval_end=data_interval_end,
-                status="writing",
-                row_count=None,
-                columns=names,
-                column_types=[c.type for c in columns],
-                created_at=utcnow(),
-                published_at=None,
-                table_name=table,
-                key_columns=keys or None,
-                indexed_columns=indexed or None,
-            )
-        )
+    _record_writing(
+        engine, snapshot_id, data_api, run_id, data_interval_end, columns, keys, indexed
+    )
     lease = Lease(engine, snapshot_id)
     lease.acquire()
     build = BuildLock(engine, data_api)
@@ -249,23 +190,10 @@ def write_snapshot(
             previous = _latest_or_none(engine, data_api)
             if previous is not None:
                 _check_same_shape(previous, columns, write_mode)
-        progress = _Progress(logger)
-        fill = _Fill(table, columns, keys, index_columns or [], previous, write_mode, merge_keys)
-        with engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                row_count = _fill_sqlite(conn, fill, batches, progress)
-            else:
-                row_count = _fill_postgres(conn, fill, batches, progress)
-        if engine.dialect.name != "sqlite":
-            _build_indexes(engine, table, keys, index_columns or [])
-        elapsed = time.monotonic() - progress.started
-        logger.info(
-            "Snapshot %s written: %d rows in %.2f s (%.0f rows/s)",
-            snapshot_id,
-            row_count,
-            elapsed,
-            row_count / max(elapsed, 1e-9),
+        fill = filling.Fill(
+            table, columns, keys, index_columns or [], previous, write_mode, merge_keys
         )
+        row_count = _fill(engine, fill, batches, logger)
         if write_mode == "overwrite":
             _take(build, data_api, logger)
         if checks is not None:
@@ -287,6 +215,93 @@ def write_snapshot(
         )
     apply_retention(engine, data_api, retention)
     return published
+
+
+def _row_keys(
+    names: list[str],
+    write_mode: str,
+    merge_keys: Sequence[str] | None,
+    key_columns: Sequence[str] | None,
+    index_columns: Sequence[str] | None,
+) -> tuple[list[str], list[str]]:
+    """(key columns, indexed columns) of a run, checked against the result's column names."""
+    if write_mode not in WRITE_MODES:
+        raise RuleError(f"write_mode must be one of {', '.join(WRITE_MODES)}, not {write_mode!r}.")
+    if write_mode == "merge":
+        missing = [k for k in (merge_keys or []) if k not in names]
+        if not merge_keys or missing:
+            raise RuleError(
+                f"merge needs merge_keys that are columns of the result; missing: "
+                f"{', '.join(missing) or '(none given)'}; the result has {', '.join(names)}."
+            )
+        key_columns = merge_keys
+    keys = list(key_columns or [])
+    indexed = list(dict.fromkeys([*(index_columns or []), *keys[:1]]))
+    for what, wanted in (("key_columns", keys), ("index_columns", indexed)):
+        unknown = [c for c in wanted if c not in names]
+        if unknown:
+            raise RuleError(
+                f"{what} must be columns of the result; {', '.join(unknown)} is not. "
+                f"The result has {', '.join(names)}."
+            )
+    return keys, indexed
+
+
+def _record_writing(
+    engine: Engine,
+    snapshot_id: str,
+    data_api: str,
+    run_id: str | None,
+    data_interval_end: dt.datetime | None,
+    columns: Sequence[Column],
+    keys: list[str],
+    indexed: list[str],
+) -> None:
+    """Commit the run's `writing` record (its table does not exist yet)."""
+    with engine.begin() as conn:
+        conn.execute(
+            snapshots.insert().values(
+                id=snapshot_id,
+                data_api=data_api,
+                run_id=run_id,
+                data_interval_end=data_interval_end,
+                status="writing",
+                row_count=None,
+                columns=[c.name for c in columns],
+                column_types=[c.type for c in columns],
+                created_at=utcnow(),
+                published_at=None,
+                table_name=TABLE_PREFIX + snapshot_id,
+                key_columns=keys or None,
+                indexed_columns=indexed or None,
+            )
+        )
+
+
+def _fill(
+    engine: Engine,
+    fill: filling.Fill,
+    batches: Iterable[Sequence[Sequence[Any]]],
+    logger: logging.Logger,
+) -> int:
+    """Create, fill and index the run's table (`core.filling`); its row count."""
+    progress = filling.Progress(logger)
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            row_count = filling.fill_sqlite(conn, fill, batches, progress)
+        else:
+            row_count = filling.fill_postgres(conn, fill, batches, progress)
+    if engine.dialect.name != "sqlite":
+        filling.build_indexes(engine, fill.table, fill.key_columns, fill.index_columns)
+    elapsed = time.monotonic() - progress.started
+    logger.info(
+        "Snapshot %s written: %d rows in %.2f s (%.0f rows/s)",
+        fill.table.removeprefix(TABLE_PREFIX),
+        row_count,
+        elapsed,
+        row_count / max(elapsed, 1e-9),
+    )
+    return row_count
 
 
 def _take(build: BuildLock, data_api: str, logger: logging.Logger) -> None:
@@ -334,53 +349,6 @@ def _run_checks(
         )
 
 
-@dataclass(frozen=True)
-class _Fill:
-    """What one run writes into its table: the table, the result's columns, the indexes,
-    and the previous snapshot it builds on (append, merge)."""
-
-    table: str
-    columns: Sequence[Column]
-    key_columns: Sequence[str]
-    index_columns: Sequence[str]
-    previous: Snapshot | None
-    mode: str
-    merge_keys: Sequence[str] | None
-
-
-def _index_statements(
-    bind: Engine | Connection, table: str, key_columns: Sequence[str], index_columns: Sequence[str]
-) -> list[str]:
-    """CREATE INDEX of the key columns (one index) and of each index column."""
-    statements = []
-    if key_columns:
-        statements.append(_index_sql(bind, table, table + "_mk", key_columns))
-    for position, column in enumerate(dict.fromkeys(index_columns)):
-        if list(key_columns[:1]) == [column] and len(key_columns) == 1:
-            continue  # the key index already is this index
-        statements.append(_index_sql(bind, table, f"{table}_i{position}", [column]))
-    return statements
-
-
-def _build_indexes(
-    engine: Engine, table: str, key_columns: Sequence[str], index_columns: Sequence[str]
-) -> None:
-    """Index the key columns and each index column after a PostgreSQL bulk load, so
-    filters on them are index lookups; then ANALYZE."""
-    statements = _index_statements(engine, table, key_columns, index_columns)
-    if not statements:
-        return
-    with engine.begin() as conn:
-        for sql in statements:
-            conn.execute(sa.text(sql))
-        conn.execute(sa.text(f"ANALYZE {quote(conn, table)}"))
-
-
-def _index_sql(bind: Engine | Connection, table: str, name: str, columns: Sequence[str]) -> str:
-    cols = ", ".join(quote(bind, c) for c in columns)
-    return f"CREATE INDEX IF NOT EXISTS {quote(bind, name)} ON {quote(bind, table)} ({cols})"
-
-
 def _check_same_shape(previous: Snapshot, columns: Sequence[Column], mode: str) -> None:
     if previous.columns != [c.name for c in columns]:
         raise RuleError(
@@ -389,158 +357,6 @@ def _check_same_shape(previous: Snapshot, columns: Sequence[Column], mode: str) 
             f"{', '.join(c.name for c in columns)}. "
             "Run once with write_mode='overwrite' to change the shape."
         )
-
-
-def _previous_rows_sql(conn: Connection, fill: _Fill, previous: Snapshot, ranged: bool) -> str:
-    """INSERT the previous snapshot's rows (merge: those whose keys the new rows lack), in
-    their order; `ranged`: only those with row numbers in (:lo, :hi]."""
-    cols = ", ".join(quote(conn, c.name) for c in fill.columns)
-    target = quote(conn, fill.table)
-    row = quote(conn, ROW_COLUMN)
-    source = quote(conn, previous.table_name)
-    sql = f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source} AS p"
-    where = []
-    if ranged:  # SQLite's placeholders
-        where.append(f"p.{row} > ? AND p.{row} <= ?")
-    if fill.mode == "merge":
-        same = " IS " if conn.dialect.name == "sqlite" else " IS NOT DISTINCT FROM "
-        cond = " AND ".join(
-            f"n.{quote(conn, k)}{same}p.{quote(conn, k)}" for k in (fill.merge_keys or [])
-        )
-        where.append(f"NOT EXISTS (SELECT 1 FROM {target} AS n WHERE {cond})")
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return sql + f" ORDER BY p.{row}"
-
-
-def _fill_sqlite(
-    conn: Connection,
-    fill: _Fill,
-    batches: Iterable[Sequence[Sequence[Any]]],
-    progress: _Progress,
-) -> int:
-    """Create and fill the table in transactions of one batch each; the row count.
-
-    SQLite has one write lock per database: each transaction holds it for one batch's
-    insert only (the next batch is read from the source and converted outside it), so
-    admin actions and other runs' catalogue writes get in between batches. Indexes are
-    made before the rows for the same reason (a CREATE INDEX after the load would hold
-    the lock for the whole table).
-    """
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    encoders = types.converters(fill.columns, "store", "sqlite")
-    insert = (
-        f"INSERT INTO {quote(conn, fill.table)} "
-        f"({', '.join(quote(conn, c.name) for c in fill.columns)}) "
-        f"VALUES ({', '.join('?' for _ in fill.columns)})"
-    )
-    cur = raw.cursor()
-
-    def transaction(sql: str, params: Any = (), many: bool = False) -> int:
-        take_sqlite_write_lock(raw, busy_timeout_off=True)
-        try:
-            if many:
-                cur.executemany(sql, params)
-            else:
-                cur.execute(sql, params)
-            changed = max(cur.rowcount, 0)
-            cur.execute("COMMIT")
-        except BaseException:
-            if raw.in_transaction:
-                raw.rollback()
-            raise
-        return changed
-
-    def copy_previous(previous: Snapshot) -> int:
-        sql = _previous_rows_sql(conn, fill, previous, ranged=True)
-        copied, low, last = 0, 0, int(previous.row_count or 0)
-        while low < last:
-            copied += transaction(sql, (low, low + COPY_CHUNK))
-            low += COPY_CHUNK
-        return copied
-
-    # For the fill: no busy handler (the lock is polled, see take_sqlite_write_lock), and
-    # a checkpoint every ~40 MB of WAL instead of every 4 MB (a checkpoint per few batch
-    # commits cost about a sixth of the write's time).
-    cur.execute("PRAGMA busy_timeout = 0")
-    cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT * 10}")
-    try:
-        take_sqlite_write_lock(raw, busy_timeout_off=True)
-        cur.execute(_create_table_sql(conn, fill.table, fill.columns))
-        # (A merge's key columns are its merge keys: their index serves the merge too.)
-        for sql in _index_statements(conn, fill.table, fill.key_columns, fill.index_columns):
-            cur.execute(sql)
-        cur.execute("COMMIT")
-        count = 0
-        if fill.previous is not None and fill.mode == "append":
-            count += copy_previous(fill.previous)
-        for batch in batches:
-            if batch:
-                transaction(insert, types.convert_columns(batch, encoders), many=True)
-                count += len(batch)
-                progress.add(len(batch))
-        if fill.previous is not None and fill.mode == "merge":
-            count += copy_previous(fill.previous)
-    except BaseException:
-        if raw.in_transaction:
-            raw.rollback()
-        raise
-    finally:
-        cur.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT}")
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.close()
-    return int(count)
-
-
-def _fill_postgres(
-    conn: Connection,
-    fill: _Fill,
-    batches: Iterable[Sequence[Sequence[Any]]],
-    progress: _Progress,
-) -> int:
-    """Create and fill the table in one transaction (`COPY`); the row count. PostgreSQL
-    lets every other writer and reader go on meanwhile."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    encoders = types.converters(fill.columns, "store", "postgresql")
-    table, previous = fill.table, fill.previous
-    # The row number is sent by the client (no per-row sequence call in the server).
-    cols = ", ".join(quote(conn, n) for n in [ROW_COLUMN, *(c.name for c in fill.columns)])
-    count = 0
-    try:
-        with raw.cursor() as cur:
-            cur.execute(_create_table_sql(conn, table, fill.columns))
-            if previous is not None and fill.mode == "append":
-                cur.execute(_previous_rows_sql(conn, fill, previous, ranged=False))
-                count += max(cur.rowcount, 0)
-            count += copy_rows(
-                cur,
-                f"COPY {quote(conn, table)} ({cols}) FROM STDIN",
-                fill.columns,
-                (types.convert_columns(batch, encoders) for batch in batches if batch),
-                count + 1,
-                progress.add,
-            )
-            if previous is not None and fill.mode == "merge":
-                if count:
-                    # Previous rows get identity numbers after the ones sent explicitly.
-                    cur.execute(
-                        "SELECT setval(pg_get_serial_sequence(%s, %s), %s)",
-                        (quote(conn, table), ROW_COLUMN, count),
-                    )
-                cur.execute(_index_sql(conn, table, table + "_mk", fill.merge_keys or []))
-                cur.execute(f"ANALYZE {quote(conn, table)}")
-                cur.execute(_previous_rows_sql(conn, fill, previous, ranged=False))
-                count += max(cur.rowcount, 0)
-            cur.execute(
-                f"ALTER TABLE {quote(conn, table)} ADD PRIMARY KEY ({quote(conn, ROW_COLUMN)})"
-            )
-        raw.commit()
-    except BaseException:
-        raw.rollback()
-        raise
-    return count
 
 
 def _publish(
@@ -699,14 +515,3 @@ def apply_retention(engine: Engine, data_api: str, keep: int) -> int:
             conn.execute(snapshots.delete().where(snapshots.c.id.in_(ids)))
     empty_trash(engine, trash)
     return len(doomed)
-
-
-def _create_table_sql(conn: Connection, table: str, columns: Sequence[Column]) -> str:
-    dialect = conn.dialect.name
-    row_def = (
-        f"{quote(conn, ROW_COLUMN)} INTEGER PRIMARY KEY"
-        if dialect == "sqlite"
-        else f"{quote(conn, ROW_COLUMN)} bigint GENERATED BY DEFAULT AS IDENTITY"
-    )
-    cols = ", ".join(f"{quote(conn, c.name)} {types.sql_type(c.type, dialect)}" for c in columns)
-    return f"CREATE TABLE {quote(conn, table)} ({row_def}{', ' if cols else ''}{cols})"

@@ -9,7 +9,7 @@ from airflow_nx1_connect.core.store import VERSION_TABLE, metadata
 config = context.config
 engine = config.attributes.get("engine")
 if engine is None:  # pragma: no cover - alembic CLI use
-    from airflow_nx1_connect.core.store import get_engine
+    from airflow_nx1_connect.core.engines import get_engine
 
     engine = get_engine()
 

@@ -2,8 +2,8 @@
 
 Both are thin adapters over `core.writer` built on common.sql's `BaseSQLOperator`
 (its hook lookup from `conn_id`, `hook_params` and `database`): they read the source through
-the Connection's `DbApiHook` with a `fetchmany` cursor (a server-side cursor on PostgreSQL,
-an unbuffered streaming one on MySQL/MariaDB), hand the batches to `write_snapshot` as a
+the Connection's `DbApiHook` with a `fetchmany` cursor (`operators.sources`: server-side on
+PostgreSQL, an unbuffered streaming one on MySQL/MariaDB), hand the batches to `write_snapshot` as a
 generator (memory stays flat whatever the row count), and return only the snapshot's
 metadata to XCom.
 
@@ -20,10 +20,9 @@ store or source outage raises an ordinary error, so the task's retries apply.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.sql.operators.sql import BaseSQLOperator
 from airflow.sdk import Asset
@@ -35,8 +34,8 @@ from airflow.sdk.exceptions import (
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core import checks as publish_checks
+from airflow_nx1_connect.core import engines, store, writer
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import store, writer
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import (
     RuleError,
@@ -45,6 +44,7 @@ from airflow_nx1_connect.core.errors import (
     ValidationError,
 )
 from airflow_nx1_connect.core.settings import get_settings
+from airflow_nx1_connect.operators import sources
 from airflow_nx1_connect.operators.sql_text import (
     check_ask_sql,
     read_only_problem,
@@ -58,107 +58,7 @@ if TYPE_CHECKING:
 #: OpenLineage namespace of the data APIs (the output dataset of every rule run).
 LINEAGE_NAMESPACE = "nx1"
 
-#: Rows fetched from the source per `fetchmany` call (and written per store batch).
-FETCH_SIZE = store.BATCH_SIZE
-
-
-class DbApiCursor(Protocol):
-    """The parts of a DB-API 2.0 cursor a rule run uses."""
-
-    description: Sequence[Sequence[Any]] | None
-
-    def execute(self, operation: str) -> Any: ...
-    def fetchmany(self, size: int) -> Sequence[Any]: ...
-    def close(self) -> None: ...
-
-
-class DbApiConnection(Protocol):
-    """The parts of a DB-API 2.0 connection a rule run uses."""
-
-    def cursor(self, *args: Any, **kwargs: Any) -> Any: ...
-    def commit(self) -> None: ...
-    def rollback(self) -> None: ...
-    def close(self) -> None: ...
-
-
-# SQLSTATE classes (first two characters) of errors in the SQL itself, not in the server.
-_RULE_SQLSTATE_CLASSES = frozenset(
-    {"0A", "21", "22", "23", "25", "26", "28", "2B", "2F", "34", "38", "39", "3F", "42", "44", "P0"}
-)
-_RULE_SQLITE_ERRORS = frozenset(
-    {"SQLITE_ERROR", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE", "SQLITE_READONLY"}
-)
-# Python 3.10's sqlite3 exceptions carry no sqlite_errorname (3.11+): its OperationalError
-# is about the SQL (no such table, syntax error) unless its message is one of these.
-_SQLITE_SERVER_MESSAGES = (
-    "database is locked",
-    "database table is locked",
-    "unable to open database file",
-    "disk i/o error",
-    "database or disk is full",
-    "database disk image is malformed",
-    "interrupted",
-    "out of memory",
-    "locking protocol",
-)
-_RULE_ERROR_CLASSES = frozenset({"ProgrammingError", "DataError", "IntegrityError"})
-# MySQL/MariaDB server error numbers about the SQL itself, for drivers whose exceptions
-# carry no SQLSTATE (mysqlclient, PyMySQL): they raise e.g. an unknown column (1054) or a
-# write refused in a READ ONLY transaction (1792) as OperationalError.
-_RULE_MYSQL_ERRNOS = frozenset(
-    {
-        1044,  # access denied to a database
-        1052,  # ambiguous column
-        1054,  # unknown column
-        1064,  # syntax error
-        1142,  # command denied on a table
-        1143,  # command denied on a column
-        1146,  # unknown table
-        1305,  # unknown function or procedure
-        1792,  # write in a READ ONLY transaction
-        4091,  # unknown sequence (MariaDB)
-    }
-)
-_MYSQL_DRIVER_MODULES = frozenset({"MySQLdb", "pymysql", "mysql"})
-
-
-class _SourceError(Exception):
-    """An error raised by the source database while running or reading the rule's SQL."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
-
-
-def is_rule_error(exc: BaseException) -> bool:
-    """True when a source database error is about the SQL (retrying will not help)."""
-    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-    if isinstance(code, str) and len(code) >= 2:
-        return code[:2].upper() in _RULE_SQLSTATE_CLASSES
-    sqlite_name = getattr(exc, "sqlite_errorname", None)
-    if isinstance(sqlite_name, str):
-        return sqlite_name in _RULE_SQLITE_ERRORS
-    if type(exc).__module__ == "sqlite3" and type(exc).__name__ == "OperationalError":
-        text = str(exc).lower()
-        return not any(text.startswith(m) for m in _SQLITE_SERVER_MESSAGES)
-    if _mysql_errno(exc) in _RULE_MYSQL_ERRNOS:
-        return True
-    return any(c.__name__ in _RULE_ERROR_CLASSES | {"NotSupportedError"} for c in type(exc).__mro__)
-
-
-def _mysql_errno(exc: BaseException) -> int | None:
-    """The MySQL server error number of a MySQL driver's exception, else None."""
-    if type(exc).__module__.split(".", 1)[0] not in _MYSQL_DRIVER_MODULES:
-        return None
-    errno = getattr(exc, "errno", None)
-    if errno is None and exc.args:
-        errno = exc.args[0]
-    return errno if isinstance(errno, int) and not isinstance(errno, bool) else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__
+FETCH_SIZE = sources.FETCH_SIZE
 
 
 class _RuleOperator(BaseSQLOperator):
@@ -273,7 +173,7 @@ class _RuleOperator(BaseSQLOperator):
         except RuleError as exc:
             raise AirflowFailException(str(exc)) from None
         settings = get_settings()
-        engine = store.get_engine(settings.sql_alchemy_conn)
+        engine = engines.get_engine(settings.sql_alchemy_conn)
         ti = context["ti"]
         try:
             store.check_migrated(engine)
@@ -330,7 +230,7 @@ class _RuleOperator(BaseSQLOperator):
         except Exception as exc:
             message = (
                 f"Cannot connect to the source database of Connection {self.conn_id!r}: "
-                f"{_first_line(exc)}"
+                f"{sources.first_line(exc)}"
             )
             if not self.retry_on_failure:
                 raise AirflowFailException(message + " (retry_on_failure=False)") from exc
@@ -346,7 +246,7 @@ class _RuleOperator(BaseSQLOperator):
         ti = context["ti"]
         run_id = context.get("run_id") or getattr(ti, "run_id", None)
         try:
-            writer.record_failure(engine, self.data_api, run_id, _first_line(exc))
+            writer.record_failure(engine, self.data_api, run_id, sources.first_line(exc))
         except Exception:  # the store may be what failed; the task's own error says why
             self.log.warning("Could not record the failed run on data API %r.", self.data_api)
 
@@ -355,7 +255,7 @@ class _RuleOperator(BaseSQLOperator):
         import sqlalchemy as sa
 
         if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-            return StoreUnavailable(store.describe_store_error(engine, exc))
+            return StoreUnavailable(engines.describe_store_error(engine, exc))
         return exc
 
     def get_db_hook(self) -> DbApiHook:
@@ -368,12 +268,12 @@ class _RuleOperator(BaseSQLOperator):
         except AirflowNotFoundException as exc:
             raise AirflowFailException(
                 f"Connection {self.conn_id!r} is not defined: add it in Admin > Connections "
-                f"or set AIRFLOW_CONN_{str(self.conn_id).upper()} ({_first_line(exc)})."
+                f"or set AIRFLOW_CONN_{str(self.conn_id).upper()} ({sources.first_line(exc)})."
             ) from None
         except TypeError as exc:  # the hook's class takes no such argument
             raise AirflowFailException(
                 f"Connection {self.conn_id!r}: its hook does not accept an argument that "
-                f"hook_params or the Connection's extra fields give it: {_first_line(exc)}"
+                f"hook_params or the Connection's extra fields give it: {sources.first_line(exc)}"
             ) from None
         except AirflowException as exc:
             if type(exc) is not AirflowException:  # e.g. a failure already classified
@@ -381,7 +281,7 @@ class _RuleOperator(BaseSQLOperator):
             # BaseSQLOperator's refusal of a hook that is not a DbApiHook, or a Connection
             # type without a hook: the Connection must change, retrying will not help.
             raise AirflowFailException(
-                f"Connection {self.conn_id!r} cannot run a rule: {_first_line(exc)} Use a "
+                f"Connection {self.conn_id!r} cannot run a rule: {sources.first_line(exc)} Use a "
                 "Connection of a SQL database (sqlite, postgres, mysql, trino, ...)."
             ) from None
 
@@ -389,13 +289,13 @@ class _RuleOperator(BaseSQLOperator):
         self,
         engine: Engine,
         hook: DbApiHook,
-        conn: DbApiConnection,
+        conn: sources.DbApiConnection,
         statements: list[str],
         context: Any,
         *,
         retention: int,
     ) -> snaps.Snapshot:
-        dialect = _dialect(hook)
+        dialect = sources.dialect_of(hook)
         final = statements[-1]
         # A server-side (named) cursor needs a transaction and a plain query.
         server_side = (
@@ -405,18 +305,18 @@ class _RuleOperator(BaseSQLOperator):
         )
         try:
             if self._read_only:
-                _make_read_only(conn, dialect)
+                sources.make_read_only(conn, dialect)
             for statement in statements[:-1]:
-                _run_statement(conn, statement)
-            cursor = _open_cursor(conn, server_side)
+                sources.run_statement(conn, statement)
+            cursor = sources.open_cursor(conn, server_side)
             cursor.execute(final)
-            first = _fetch(cursor)
+            first = sources.fetch_first(cursor)
             description = cursor.description
         except Exception as exc:
-            _rollback(conn)
+            sources.rollback(conn)
             raise self._source_failure(exc) from exc
         if description is None:
-            _rollback(conn)
+            sources.rollback(conn)
             raise AirflowFailException(
                 "The rule's last SQL statement returns no rows to publish; end it with a "
                 "SELECT (or a statement with RETURNING)."
@@ -428,7 +328,7 @@ class _RuleOperator(BaseSQLOperator):
                 engine,
                 data_api=self.data_api,
                 columns=columns,
-                batches=_batches(cursor, first),
+                batches=sources.batches(cursor, first),
                 run_id=context.get("run_id") or getattr(ti, "run_id", None),
                 data_interval_end=context.get("data_interval_end"),
                 write_mode=self.write_mode,
@@ -439,23 +339,23 @@ class _RuleOperator(BaseSQLOperator):
                 retention=retention,
                 logger=self.log,  # type: ignore[arg-type]
             )
-        except _SourceError as exc:
-            _rollback(conn)
+        except sources.SourceError as exc:
+            sources.rollback(conn)
             raise self._source_failure(exc.original) from exc.original
         except RuleError as exc:
-            _rollback(conn)
+            sources.rollback(conn)
             raise AirflowFailException(str(exc)) from None
         except AirflowException:
-            _rollback(conn)
+            sources.rollback(conn)
             raise
         except Exception as exc:
-            _rollback(conn)
+            sources.rollback(conn)
             raise self._store_error(engine, exc) from exc
         finally:
             with suppress(Exception):
                 cursor.close()
         if self._read_only:
-            _rollback(conn)
+            sources.rollback(conn)
         else:
             # An Engineer rule's own statements (temp tables, audit rows) take effect
             # only once its snapshot is published.
@@ -465,9 +365,9 @@ class _RuleOperator(BaseSQLOperator):
     def _source_failure(self, exc: BaseException) -> BaseException:
         message = (
             f"The source database of Connection {self.conn_id!r} rejected the rule's SQL: "
-            f"{_first_line(exc)}"
+            f"{sources.first_line(exc)}"
         )
-        if is_rule_error(exc):
+        if sources.is_rule_error(exc):
             return AirflowFailException(message)
         if not self.retry_on_failure:
             return AirflowFailException(message + " (retry_on_failure=False)")
@@ -543,7 +443,7 @@ class _RuleOperator(BaseSQLOperator):
 
     def _latest_snapshot(self) -> snaps.Snapshot | None:
         try:
-            engine = store.get_engine(get_settings().sql_alchemy_conn)
+            engine = engines.get_engine(get_settings().sql_alchemy_conn)
             return snaps.latest_snapshot(engine, self.data_api)
         except Exception:  # no store or no snapshot yet: the output has no schema
             return None
@@ -558,135 +458,6 @@ def _column_list(argument: str, value: Sequence[str] | str | None) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"{argument} names a column twice.")
     return names
-
-
-def _dialect(hook: DbApiHook) -> str:
-    try:
-        name = str(hook.dialect_name)
-    except Exception:
-        name = ""
-    if not name or name == "default":
-        name = str(getattr(hook, "conn_type", "") or "")
-    return {"postgres": "postgresql", "sqlite3": "sqlite"}.get(name, name)
-
-
-def _make_read_only(conn: DbApiConnection, dialect: str) -> None:
-    """Defence in depth for Ask rules: the source session itself refuses writes."""
-    cur = conn.cursor()
-    try:
-        if dialect == "sqlite":
-            cur.execute("PRAGMA query_only = ON")
-        elif dialect == "postgresql" and not getattr(conn, "autocommit", False):
-            cur.execute("SET TRANSACTION READ ONLY")
-        elif dialect in _MYSQL_DIALECTS:
-            # Every later transaction of this session, autocommit or not: a write (even one
-            # hidden in a stored function or a sequence's NEXTVAL) fails with error 1792.
-            cur.execute("SET SESSION TRANSACTION READ ONLY")
-    finally:
-        cur.close()
-
-
-def _run_statement(conn: Any, statement: str) -> None:
-    """Run one statement whose rows (if any) are not published; drain them in batches.
-
-    A streaming MySQL cursor must be read to the end before the connection runs anything
-    else ("Unread result found"); draining keeps memory flat on every driver.
-    """
-    cur = conn.cursor()
-    try:
-        cur.execute(statement)
-        if cur.description is not None:
-            while cur.fetchmany(FETCH_SIZE):
-                pass
-    finally:
-        cur.close()
-
-
-def _open_cursor(conn: DbApiConnection, server_side: bool) -> DbApiCursor:
-    """A cursor for the published result; streaming where the driver can stream."""
-    streaming = _mysql_streaming_cursor(conn)
-    if streaming is not None:
-        return streaming
-    if server_side:
-        name = f"nx1_{uuid.uuid4().hex}"
-        try:
-            from psycopg.rows import tuple_row
-
-            return conn.cursor(name=name, row_factory=tuple_row)
-        except (ImportError, TypeError):
-            return conn.cursor(name=name)
-    cursor = conn.cursor()
-    with suppress(Exception):
-        cursor.arraysize = FETCH_SIZE
-    return cursor
-
-
-def _mysql_streaming_cursor(conn: Any) -> Any:
-    """An unbuffered cursor of a MySQL driver's connection (rows come off the socket as
-    `fetchmany` asks for them, so memory stays flat), or None for other connections.
-
-    The MySQL drivers buffer the whole result by default: mysqlclient and PyMySQL need
-    their `SSCursor` class, mysql-connector-python `buffered=False`.
-    """
-    package = type(conn).__module__.split(".", 1)[0]
-    if package == "MySQLdb":
-        import MySQLdb.cursors
-
-        cursor = conn.cursor(MySQLdb.cursors.SSCursor)
-    elif package == "pymysql":
-        import pymysql.cursors
-
-        cursor = conn.cursor(pymysql.cursors.SSCursor)
-    elif package == "mysql":
-        cursor = conn.cursor(buffered=False, dictionary=False)
-    else:
-        return None
-    with suppress(Exception):
-        cursor.arraysize = FETCH_SIZE
-    return cursor
-
-
-_MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
-
-
-def _as_tuples(rows: Sequence[Any]) -> Sequence[Any]:
-    if rows and isinstance(rows[0], Mapping):
-        return [tuple(r.values()) for r in rows]
-    return rows
-
-
-def _fetch(cursor: DbApiCursor) -> Sequence[Any]:
-    if cursor.description is None and not getattr(cursor, "name", None):
-        return []
-    return _as_tuples(cursor.fetchmany(FETCH_SIZE))
-
-
-def _batches(cursor: DbApiCursor, first: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    """The result in batches: the first (already fetched), then `fetchmany` until done."""
-    if not first:
-        return
-    yield first
-    if len(first) < FETCH_SIZE and not getattr(cursor, "name", None):
-        return
-    while True:
-        try:
-            batch = _as_tuples(cursor.fetchmany(FETCH_SIZE))
-        except Exception as exc:
-            raise _SourceError(exc) from exc
-        if not batch:
-            return
-        yield batch
-
-
-def _rollback(conn: DbApiConnection) -> None:
-    if getattr(conn, "unread_result", False) is True:
-        # mysql-connector-python would read every remaining row of a half-read streaming
-        # result into memory first; closing the connection rolls back on the server.
-        with suppress(Exception):
-            conn.close()
-        return
-    with suppress(Exception):
-        conn.rollback()
 
 
 class AskRuleOperator(_RuleOperator):

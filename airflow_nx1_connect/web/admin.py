@@ -44,7 +44,7 @@ from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
 from airflow_nx1_connect.core import audit as core_audit
-from airflow_nx1_connect.core import control, reads, store, types, usage
+from airflow_nx1_connect.core import control, engines, reads, types, usage
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as core_snapshots
 from airflow_nx1_connect.core.clock import iso, utcnow
@@ -252,7 +252,7 @@ def guarded(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     "few seconds.",
                 )
             except sa.exc.OperationalError as exc:
-                detail = store.describe_store_error(self._engine(), exc)
+                detail = engines.describe_store_error(self._engine(), exc)
                 return self._error(503, "The snapshot store is unavailable", detail)
 
         return wrapper
@@ -284,7 +284,7 @@ class Nx1ConnectView(BaseView):
 
     @staticmethod
     def _engine() -> Any:
-        return store.get_engine()
+        return engines.get_engine()
 
     @staticmethod
     def _login_url() -> str:

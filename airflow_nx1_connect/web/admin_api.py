@@ -10,7 +10,7 @@ manager (`is_authorized_custom_view`) about the two resources the admin view use
 (`web.roles.may_trigger_dag`). A data API is bound only to a real rule task
 (`rule_tasks.find_rule_task`, see `core.control`). Every change
 goes through `core.control`, so it is audited with the Airflow user and the client address.
-Errors are problem+json through `core.serving.problem_for`.
+Errors are problem+json through `core.serving.http.problem_for`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from fastapi.responses import JSONResponse
 from fastapi.responses import Response as FastAPIResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from airflow_nx1_connect.core import audit, control, keys, snapshots, store
+from airflow_nx1_connect.core import audit, control, engines, keys, snapshots
 from airflow_nx1_connect.core.errors import (
     AdminAuthError,
     AdminForbidden,
     DataApiNotFound,
     KeyNotFound,
     Nx1Error,
+    Problem,
 )
 from airflow_nx1_connect.core.serving import http
 from airflow_nx1_connect.rule_tasks import find_rule_task
@@ -58,28 +59,13 @@ class Caller:
         self.actor = control.Actor(
             self.name, remote_addr, lambda dag_id: roles.may_trigger_dag(user, dag_id)
         )
-        self.readable = self._kinds(user, "GET")
-        self.editable = self._kinds(user, "PUT") & self.readable
+        self.readable = roles.kinds_allowed(user, roles.ACTION_READ)
+        self.editable = roles.kinds_allowed(user, roles.ACTION_EDIT) & self.readable
         if not self.readable:
             raise AdminForbidden(
                 f"User {self.name!r} may not use NX1 Connect: it needs the nx1_ask or "
                 "nx1_engineer role (or Admin); ask an Airflow administrator."
             )
-
-    @staticmethod
-    def _kinds(user: Any, method: str) -> set[str]:
-        from airflow.api_fastapi.app import get_auth_manager
-
-        manager = get_auth_manager()
-        return {
-            kind
-            for kind, resource in roles.RESOURCES.items()
-            if manager.is_authorized_custom_view(
-                method=method,  # type: ignore[arg-type]
-                resource_name=resource,
-                user=user,
-            )
-        }
 
     def check(self, kind: str, *, edit: bool, what: str) -> None:
         """AdminForbidden unless the user may read (or, with `edit`, change) that kind."""
@@ -118,7 +104,7 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 
 
 def _engine() -> Any:
-    return store.get_engine()
+    return engines.get_engine()
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:
@@ -426,7 +412,7 @@ _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 def _method_not_allowed(allowed: list[str]) -> Any:
     def refuse(request: Request) -> FastAPIResponse:
-        raise http.Problem(
+        raise Problem(
             405,
             "method-not-allowed",
             "Method not allowed",
@@ -452,10 +438,6 @@ def install(app: FastAPI, api_prefix: str) -> None:
         app.add_api_route(
             path, _method_not_allowed(sorted(methods)), methods=others, include_in_schema=False
         )
-
-    @app.exception_handler(http.Problem)
-    async def _problem(request: Request, exc: http.Problem) -> FastAPIResponse:
-        return _problem_response(exc)
 
     @app.exception_handler(Nx1Error)
     async def _nx1_error(request: Request, exc: Nx1Error) -> FastAPIResponse:

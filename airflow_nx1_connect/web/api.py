@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_nx1_connect.core import serving
+from airflow_nx1_connect.core.serving import router
 from airflow_nx1_connect.core.settings import get_settings
 from airflow_nx1_connect.web import admin_api, links, models
 from airflow_nx1_connect.web.runs import launcher
@@ -32,9 +32,9 @@ API_PREFIX = "/api/v1"
 OPENAPI_URL = f"{API_PREFIX}/openapi.json"
 
 
-def _request(request: Request) -> serving.Request:
+def _request(request: Request) -> router.Request:
     url = request.url
-    return serving.Request(
+    return router.Request(
         method=request.method,
         url_root=links.url_root(url.path),
         path=url.path,
@@ -43,7 +43,7 @@ def _request(request: Request) -> serving.Request:
     )
 
 
-def _send(response: serving.Response) -> FastAPIResponse:
+def _send(response: router.Response) -> FastAPIResponse:
     headers = dict(response.headers)
     media_type = headers.pop("Content-Type", None)
     if response.streaming:
@@ -148,7 +148,7 @@ def _rows_parameters() -> list[dict[str, Any]]:
             "in": "query",
             "required": False,
             "description": "Row offset (0-based) of the first row returned.",
-            "schema": {"type": "integer", "minimum": 0, "maximum": serving.MAX_START, "default": 0},
+            "schema": {"type": "integer", "minimum": 0, "maximum": router.MAX_START, "default": 0},
         },
         {
             "name": "limit",
@@ -178,7 +178,7 @@ def _rows_parameters() -> list[dict[str, Any]]:
                 "otherwise. JSON, CSV and NDJSON are gzip-compressed for "
                 "`Accept-Encoding: gzip`."
             ),
-            "schema": {"type": "string", "enum": list(serving.FORMATS)},
+            "schema": {"type": "string", "enum": list(router.FORMATS)},
         },
         {
             "name": "sort",
@@ -197,7 +197,7 @@ def _rows_parameters() -> list[dict[str, Any]]:
 #: How the `where.<column>` filters work (OpenAPI has no parameter named by a pattern).
 FILTERS_DESCRIPTION = (
     "Filters: `where.<column>=<op>.<value>`, repeatable, AND-ed. `<op>` is one of "
-    + ", ".join(f"`{op}`" for op in serving.OPS)
+    + ", ".join(f"`{op}`" for op in router.OPS)
     + ". `like` takes `*` as the wildcard (case-sensitive), `in` a list `in.(a,b,c)` (quote "
     'a value holding a comma: `in.("a,b",c)`), `is` takes `is.null` or `is.not_null`. The '
     "value is parsed as the column's type (numbers, `true`/`false`, dates `YYYY-MM-DD`, ISO "
@@ -354,7 +354,7 @@ def _run_responses(endpoint: str) -> dict[int | str, dict[str, Any]]:
 
 def _add_run_route(app: FastAPI, endpoint: str, view: Any) -> None:
     method, operation_id, summary = _RUN_ROUTES[endpoint]
-    path = API_PREFIX + serving.ROUTES[endpoint]
+    path = API_PREFIX + router.ROUTES[endpoint]
     app.add_api_route(
         path,
         view,
@@ -398,24 +398,24 @@ def create_app() -> FastAPI:
     )
 
     def make_view(endpoint: str) -> Any:
-        if "{snapshot_id}" in serving.ROUTES[endpoint]:
+        if "{snapshot_id}" in router.ROUTES[endpoint]:
 
             def snapshot_view(request: Request, name: str, snapshot_id: str) -> FastAPIResponse:
                 return _send(
-                    serving.handle(endpoint, _request(request), name=name, snapshot_id=snapshot_id)
+                    router.handle(endpoint, _request(request), name=name, snapshot_id=snapshot_id)
                 )
 
             return snapshot_view
         if endpoint in _RUN_ROUTES:
-            # Async: a `Prefer: wait` is awaited on the event loop (serving.complete_async),
+            # Async: a `Prefer: wait` is awaited on the event loop (router.complete_async),
             # never in a worker thread that Airflow's own routes need too.
             async def answer(request: Request, **params: Any) -> FastAPIResponse:
                 response = await run_in_threadpool(
-                    serving.handle, endpoint, _request(request), launcher=launcher, **params
+                    router.handle, endpoint, _request(request), launcher=launcher, **params
                 )
-                return _send(await serving.complete_async(response))
+                return _send(await router.complete_async(response))
 
-            if "{run_id}" in serving.ROUTES[endpoint]:
+            if "{run_id}" in router.ROUTES[endpoint]:
 
                 async def run_view(request: Request, name: str, run_id: str) -> FastAPIResponse:
                     return await answer(request, name=name, run_id=run_id)
@@ -428,7 +428,7 @@ def create_app() -> FastAPI:
             return runs_view
 
         def view(request: Request, name: str) -> FastAPIResponse:
-            return _send(serving.handle(endpoint, _request(request), name=name, launcher=launcher))
+            return _send(router.handle(endpoint, _request(request), name=name, launcher=launcher))
 
         return view
 
@@ -439,7 +439,7 @@ def create_app() -> FastAPI:
         "snapshot": ("getSnapshotRows", "Rows of one retained snapshot (never changes)"),
         "changes": ("getChanges", "Rows inserted, updated and deleted between two snapshots"),
     }
-    for endpoint, path in serving.ROUTES.items():
+    for endpoint, path in router.ROUTES.items():
         if endpoint in _RUN_ROUTES:
             _add_run_route(app, endpoint, make_view(endpoint))
             continue
@@ -479,15 +479,15 @@ def create_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return _send(serving.http_error(_request(request), exc.status_code, detail))
+        return _send(router.http_error(_request(request), exc.status_code, detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> FastAPIResponse:
-        return _send(serving.bad_request("The request's parameters are not valid."))
+        return _send(router.bad_request("The request's parameters are not valid."))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> FastAPIResponse:
-        return _send(serving.error_response(exc))
+        return _send(router.error_response(exc))
 
     built_for: list[Any] = [None]
 
@@ -521,7 +521,7 @@ def create_app() -> FastAPI:
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     if status[0] in "45" and "application/json" in content:
-                        content[serving.PROBLEM_JSON] = content.pop("application/json")
+                        content[router.PROBLEM_JSON] = content.pop("application/json")
                 admin = path.startswith(API_PREFIX + admin_api.PREFIX)
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "limit" and not admin:

@@ -14,7 +14,7 @@ from flask import Blueprint, request
 from flask import Response as FlaskResponse
 from werkzeug.exceptions import HTTPException
 
-from airflow_nx1_connect.core import serving
+from airflow_nx1_connect.core.serving import router
 from airflow_nx1_connect.web import links
 from airflow_nx1_connect.web.runs import launcher
 
@@ -34,9 +34,9 @@ def _exempt_from_csrf(state: Any) -> None:
         csrf.exempt(bp)
 
 
-def _request() -> serving.Request:
+def _request() -> router.Request:
     path = request.script_root + request.path
-    return serving.Request(
+    return router.Request(
         method=request.method,
         url_root=links.url_root(path),
         path=path,
@@ -45,7 +45,7 @@ def _request() -> serving.Request:
     )
 
 
-def _send(response: serving.Response) -> FlaskResponse:
+def _send(response: router.Response) -> FlaskResponse:
     return FlaskResponse(
         response.body,
         status=response.status,
@@ -57,8 +57,8 @@ def _send(response: serving.Response) -> FlaskResponse:
 def _route(endpoint: str, **params: Any) -> FlaskResponse:
     # A `Prefer: wait` on a run waits here only when this blueprint is called without the
     # plugin's root middleware, which hands those requests to the FastAPI app (web.streams).
-    response = serving.handle(endpoint, _request(), launcher=launcher, **params)
-    return _send(serving.complete(response))
+    response = router.handle(endpoint, _request(), launcher=launcher, **params)
+    return _send(router.complete(response))
 
 
 def _add(rule: str, endpoint: str) -> None:
@@ -74,7 +74,7 @@ def _add(rule: str, endpoint: str) -> None:
     )
 
 
-for _endpoint, _path in serving.ROUTES.items():
+for _endpoint, _path in router.ROUTES.items():
     _add(_path.replace("{", "<").replace("}", ">"), _endpoint)
 
 
@@ -82,12 +82,12 @@ for _endpoint, _path in serving.ROUTES.items():
 @bp.route("/<path:rest>", methods=_ALL_METHODS, provide_automatic_options=False)
 def not_found(rest: str) -> FlaskResponse:
     """Any other path under the prefix: the same problem+json 404 as the FastAPI app."""
-    return _send(serving.route_not_found(_request()))
+    return _send(router.route_not_found(_request()))
 
 
 @bp.errorhandler(Exception)
 def _error(exc: Exception) -> FlaskResponse:
     """Anything raised in a route (e.g. Werkzeug's own 400s) as problem+json, never HTML."""
     if isinstance(exc, HTTPException) and exc.code is not None:
-        return _send(serving.http_error(_request(), exc.code, exc.description))
-    return _send(serving.error_response(exc))
+        return _send(router.http_error(_request(), exc.code, exc.description))
+    return _send(router.error_response(exc))

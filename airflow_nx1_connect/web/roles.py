@@ -107,9 +107,10 @@ def kinds_allowed(
     """The data API kinds on which `user` may perform `action` (`can_read` or `can_edit`).
 
     Asks Airflow's auth manager (`is_authorized_custom_view`), so it follows the roles and
-    permissions edited in Airflow's Security pages. An anonymous or unknown user gets none.
+    permissions edited in Airflow's Security pages: the one authorization question of the
+    admin view and the admin API. An anonymous or unknown user gets none.
     """
-    if user is None or getattr(user, "is_anonymous", True):
+    if user is None or getattr(user, "is_anonymous", False):
         return set()
     from airflow.api_fastapi.app import get_auth_manager
 

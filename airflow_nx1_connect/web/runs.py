@@ -91,5 +91,5 @@ class AirflowRunLauncher:
         return str(getattr(state, "value", state))
 
 
-#: The one launcher the adapters pass to `core.serving.handle`.
+#: The one launcher the adapters pass to `core.serving.router.handle`.
 launcher = AirflowRunLauncher()

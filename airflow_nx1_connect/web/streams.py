@@ -8,7 +8,7 @@ middleware, registered by the plugin as a FastAPI root middleware, answers exact
 requests (GET/HEAD of a rows route or of the change feed without `limit`, in a streamed
 format) with the plugin's FastAPI adapter, which sends one batch at a time with
 backpressure. Both adapters
-call the same `core.serving.handle`, so the answer (status, headers, body) is the one the
+call the same `core.serving.router.handle`, so the answer (status, headers, body) is the one the
 blueprint would give; every other request under `/pluginsv2` goes to Flask as before.
 
 Run requests with `Prefer: wait` go the same way: the FastAPI adapter awaits the run on

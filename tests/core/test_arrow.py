@@ -191,9 +191,9 @@ def test_closing_the_stream_closes_the_driver_connection(
 
 _PUBLISH = """
 import sys
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, writer
 from airflow_nx1_connect.core.types import Column
-engine = store.create_store_engine(sys.argv[1])
+engine = engines.create_store_engine(sys.argv[1])
 snapshot = writer.write_snapshot(
     engine, data_api="wide", columns=[Column("id", "INTEGER")], batches=[[(1,), (2,)]]
 )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import audit, control, keys, usage, writer
+from airflow_nx1_connect.core import audit, control, engines, keys, usage, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import (
     AdminForbidden,
@@ -203,7 +203,7 @@ def test_migration_gives_old_events_the_identity_of_the_data_api_of_their_time(
     that existed when it was recorded; events of a deleted earlier one get none."""
     from airflow_nx1_connect.core import store
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     try:
         store.migrate(engine, "0003_changes")
         at = dt.datetime(2026, 1, 10, tzinfo=dt.timezone.utc)

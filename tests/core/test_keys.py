@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from airflow_nx1_connect.core import keys, store
+from airflow_nx1_connect.core import engines, keys, store
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import (
     AuthError,
@@ -140,7 +140,7 @@ def test_expiry_at_the_boundary_second(apis):
 
 def test_revoked_key_is_refused_at_once_by_another_engine(apis, store_env):
     created = keys.create_key(apis, data_api="sales", days=5)
-    other = store.create_store_engine(store_env)  # another process's pool, already warm
+    other = engines.create_store_engine(store_env)  # another process's pool, already warm
     try:
         assert keys.verify_key(other, created.secret, "sales").id == created.key.id
         revoked = keys.revoke_key(apis, created.key.id)
@@ -203,7 +203,7 @@ def test_missing_and_malformed_keys(apis):
 
 
 def test_malformed_input_never_touches_the_store():
-    dead = store.create_store_engine("postgresql://postgres@127.0.0.1:9/none")
+    dead = engines.create_store_engine("postgresql://postgres@127.0.0.1:9/none")
     try:
         for raw in ["", " ", "x" * 10_000, "nx1_short"]:
             with pytest.raises(AuthError):
@@ -270,7 +270,7 @@ def test_last_used_is_written_at_most_once_a_minute(apis):
 
 def test_last_used_is_best_effort_when_the_row_is_locked(apis, store_env):
     created = keys.create_key(apis, data_api="sales", days=1)
-    blocker = store.create_store_engine(store_env)
+    blocker = engines.create_store_engine(store_env)
     try:
         with blocker.connect() as conn:
             if apis.dialect.name == "sqlite":
@@ -290,7 +290,7 @@ def test_last_used_is_best_effort_when_the_row_is_locked(apis, store_env):
         if apis.dialect.name == "sqlite":
             with apis.connect() as conn:
                 timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
-            assert timeout == store.SQLITE_BUSY_TIMEOUT_MS
+            assert timeout == engines.SQLITE_BUSY_TIMEOUT_MS
     finally:
         blocker.dispose()
 

@@ -95,9 +95,9 @@ def test_overlapping_runs_lose_no_rows(engine: sa.Engine, mode: str) -> None:
 
 _APPEND = """
 import sys, time
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from airflow_nx1_connect.core.types import Column
-engine = store.create_store_engine(sys.argv[1])
+engine = engines.create_store_engine(sys.argv[1])
 first, n = int(sys.argv[2]), int(sys.argv[3])
 rows = [(i, f"row {i}") for i in range(first, first + n)]
 def batches():  # a source that takes a while, so the two runs overlap
@@ -251,9 +251,9 @@ def test_append_and_merge_build_on_the_latest_whatever_its_interval(engine: sa.E
 
 _BIG_WRITE = """
 import sys
-from airflow_nx1_connect.core import store, writer
+from airflow_nx1_connect.core import engines, store, writer
 from airflow_nx1_connect.core.types import Column
-engine = store.create_store_engine(sys.argv[1])
+engine = engines.create_store_engine(sys.argv[1])
 n = int(sys.argv[2])
 def batches():
     for start in range(0, n, 10_000):

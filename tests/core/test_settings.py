@@ -107,30 +107,14 @@ def test_bad_values_say_what_to_do(home, monkeypatch, key, value, message):
         get_settings()
 
 
-def test_current_settings_follows_environment_and_airflow_cfg(home, monkeypatch):
-    import time
+def test_settings_are_kept_until_reset(home):
+    """Resolved once per process: a changed airflow.cfg is seen after `reset_settings()` (what a
+    new process does), not on every call."""
+    from airflow_nx1_connect.core.settings import reset_settings
 
-    from airflow_nx1_connect.core.settings import current_settings
-
-    assert current_settings().max_page_size == 10000
-    assert current_settings() is current_settings()  # unchanged inputs: not re-read
-    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_PAGE_SIZE", "20000")
-    assert current_settings().max_page_size == 20000
-    monkeypatch.delenv("AIRFLOW__NX1_CONNECT__MAX_PAGE_SIZE")
-    cfg = home / "airflow.cfg"
-    cfg.write_text("[nx1_connect]\nmax_page_size = 3000\n")
-    assert current_settings().max_page_size == 3000
-    cfg.write_text("[nx1_connect]\nmax_page_size = 4000\n")
-    later = time.time() + 5
-    os.utime(cfg, (later, later))  # a new mtime even on coarse clocks
-    assert current_settings().max_page_size == 4000
-
-
-def test_current_settings_without_cpythons_environ_dict(home, monkeypatch):
-    """The portable way of reading the environment sees changes too."""
-    from airflow_nx1_connect.core import settings
-
-    monkeypatch.setattr(settings, "_ENV_KEYS", None)
-    assert settings.current_settings().max_key_days == 365
-    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_KEY_DAYS", "7")
-    assert settings.current_settings().max_key_days == 7
+    assert get_settings().max_page_size == 10000
+    assert get_settings() is get_settings()
+    (home / "airflow.cfg").write_text("[nx1_connect]\nmax_page_size = 3000\n")
+    assert get_settings().max_page_size == 10000
+    reset_settings()
+    assert get_settings().max_page_size == 3000

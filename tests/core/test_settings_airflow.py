@@ -9,21 +9,19 @@ Airflow's own parser; `airflow config get-value` shows the resolved default.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from airflow_nx1_connect.core import engines, store
 from airflow_nx1_connect.core import settings as settings_module
-from airflow_nx1_connect.core import store
 from airflow_nx1_connect.core.errors import ConfigError
-from airflow_nx1_connect.core.settings import OPTIONS, SECTION, get_settings
+from airflow_nx1_connect.core.settings import OPTIONS, SECTION, get_settings, reset_settings
 from tests.conftest import drop_pg_schema, make_pg_schema, pg_admin_url
 
 BIN = Path(sys.executable).parent
@@ -41,7 +39,7 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(key)
     monkeypatch.delenv("AIRFLOW_CONFIG", raising=False)
     yield
-    store.dispose_engines()
+    engines.dispose_engines()
 
 
 @pytest.fixture
@@ -51,7 +49,7 @@ def pg():
     try:
         yield schema, url
     finally:
-        store.dispose_engines()
+        engines.dispose_engines()
         drop_pg_schema(schema)
 
 
@@ -153,7 +151,7 @@ def test_plain_values_do_not_import_airflow(tmp_path):
 def migrated_schema_of(url: str, schema: str) -> None:
     """The configured store is `url`, and migrating it creates the tables in `schema`."""
     assert get_settings().sql_alchemy_conn == url
-    store.migrate(store.get_engine())
+    store.migrate(engines.get_engine())
     assert STORE_TABLES <= tables_in(schema)
 
 
@@ -207,24 +205,15 @@ def test_precedence_is_airflows(clean_env, tmp_path, monkeypatch):
     file_lines = {name: value for kind, name, value in sources if kind == "file"}
     for (kind, name, _value), winner in zip(sources, expected, strict=True):
         cfg.write_text(f"[{SECTION}]\n" + "".join(f"{k} = {v}\n" for k, v in file_lines.items()))
-        bump_mtime(cfg)
+        reset_settings()  # a changed airflow.cfg is read by a new process
         assert get_settings().sql_alchemy_conn == f"sqlite:///{winner}", name
         if kind == "env":
             monkeypatch.delenv(name)
         else:
             del file_lines[name]
     cfg.write_text(f"[{SECTION}]\n")
-    bump_mtime(cfg)
+    reset_settings()
     assert get_settings().sql_alchemy_conn == f"sqlite:///{tmp_path / 'nx1_connect.db'}"
-
-
-_BUMPS = itertools.count(1)
-
-
-def bump_mtime(path: Path) -> None:
-    """Give `path` a modification time it never had, even on a coarse clock."""
-    later = time.time_ns() + next(_BUMPS) * 10**9
-    os.utime(path, ns=(later, later))
 
 
 def test_rate_limit_storage_is_sensitive_too(clean_env, tmp_path, monkeypatch):
@@ -235,21 +224,18 @@ def test_rate_limit_storage_is_sensitive_too(clean_env, tmp_path, monkeypatch):
     assert get_settings().rate_limit_storage == "redis://:pw@127.0.0.1:6379/0"
 
 
-def test_a_command_runs_once_per_inputs(clean_env, tmp_path, monkeypatch):
+def test_a_command_runs_once_per_process(clean_env, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     counter = tmp_path / "runs.txt"
     monkeypatch.setenv(
         "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN_CMD",
         f"sh -c 'echo run >> {counter}; echo sqlite:///from-cmd.db'",
     )
-    from airflow_nx1_connect.core.settings import current_settings
-
     for _ in range(3):
         assert get_settings().sql_alchemy_conn == "sqlite:///from-cmd.db"
-        assert current_settings().sql_alchemy_conn == "sqlite:///from-cmd.db"
     assert counter.read_text().splitlines() == ["run"]
-    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__MAX_KEY_DAYS", "30")  # another input changed
-    assert current_settings().max_key_days == 30
+    reset_settings()  # what a new process does
+    assert get_settings().sql_alchemy_conn == "sqlite:///from-cmd.db"
     assert counter.read_text().splitlines() == ["run", "run"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import threading
 
 import psycopg
 import pytest
@@ -118,6 +119,31 @@ def test_name_owned_by_another_task_or_kind_fails(engine):
         snaps.register_data_api(engine, name="sales", kind="engineer", dag_id="d2", task_id="t")
     with pytest.raises(RuleError, match="engineer data API"):
         snaps.register_data_api(engine, name="sales", kind="ask", dag_id="d", task_id="t")
+
+
+def test_concurrent_first_runs_register_one_data_api(engine):
+    """First runs of one rule at once: one inserts the data API, the others find it (on
+    PostgreSQL a clashing insert must not abort their transaction)."""
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def first_run() -> None:
+        barrier.wait()
+        try:
+            snaps.register_data_api(engine, name="burst", kind="ask", dag_id="d", task_id="t")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert (snaps.get_data_api(engine, "burst").dag_id, len(snaps.list_data_apis(engine))) == (
+        "d",
+        1,
+    )
 
 
 def test_infer_columns_rejects_duplicates_and_empty_names():

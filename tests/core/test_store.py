@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import store
+from airflow_nx1_connect.core import engines, store
 
 
 def test_migrate_creates_only_nx1_tables_and_is_idempotent(engine):
@@ -29,16 +29,18 @@ def test_key_hash_is_unique_indexed(engine):
 
 
 def test_sqlite_uses_wal_and_busy_timeout(tmp_path):
-    eng = store.create_store_engine(f"sqlite:///{tmp_path / 'x' / 's.db'}")
+    eng = engines.create_store_engine(f"sqlite:///{tmp_path / 'x' / 's.db'}")
     with eng.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == store.SQLITE_BUSY_TIMEOUT_MS
+        assert (
+            conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == engines.SQLITE_BUSY_TIMEOUT_MS
+        )
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     eng.dispose()
 
 
 def test_postgres_url_uses_psycopg3_with_connect_timeout():
-    eng = store.create_store_engine("postgresql://u@127.0.0.1:1/x")
+    eng = engines.create_store_engine("postgresql://u@127.0.0.1:1/x")
     assert eng.url.drivername == "postgresql+psycopg"
     assert eng.dialect.driver == "psycopg"
     eng.dispose()
@@ -52,11 +54,11 @@ def test_unreachable_store_fails_fast_with_a_clear_message():
     from airflow_nx1_connect.core.errors import StoreUnavailable
 
     # 127.0.0.1:1 refuses at once; a blackholed address is covered by the connect timeout.
-    eng = store.create_store_engine("postgresql://postgres@127.0.0.1:1/test")
+    eng = engines.create_store_engine("postgresql://postgres@127.0.0.1:1/test")
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="cannot be reached"):
-        store.check_reachable(eng)
-    assert time.monotonic() - started < store.CONNECT_TIMEOUT_S + 2
+        engines.check_reachable(eng)
+    assert time.monotonic() - started < engines.CONNECT_TIMEOUT_S + 2
     eng.dispose()
 
 
@@ -64,7 +66,7 @@ def test_concurrent_migrations_of_a_fresh_store_both_succeed(store_url):
     """Two deployers running `db migrate` at once: one migrates, the other waits (no error)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    engines = [store.create_store_engine(store_url) for _ in range(2)]
+    engines = [engines.create_store_engine(store_url) for _ in range(2)]
     try:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(store.migrate, engines))
@@ -79,7 +81,7 @@ def test_check_migrated_names_the_command_until_the_store_is_migrated(store_url)
 
     from airflow_nx1_connect.core.errors import StoreNotMigrated
 
-    eng = store.create_store_engine(store_url)
+    eng = engines.create_store_engine(store_url)
     try:
         with pytest.raises(StoreNotMigrated, match=r"never migrated.*Run: nx1-connect db migrate"):
             store.check_migrated(eng)
@@ -100,7 +102,7 @@ def test_upgrading_a_version_2_store_keeps_its_data(store_url):
     from airflow_nx1_connect.core import keys, reads
     from airflow_nx1_connect.core import snapshots as snaps
 
-    eng = store.create_store_engine(store_url)
+    eng = engines.create_store_engine(store_url)
     try:
         store.migrate(eng, "0003_changes")
         now = dt.datetime(2026, 11, 1)

@@ -4,6 +4,7 @@ touched, and a data API name owned by another task."""
 
 from __future__ import annotations
 
+from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core import snapshots as snaps
 from tests.operators.conftest import SALES, latest_rows, query_sqlite, ti_states
 
@@ -122,7 +123,7 @@ def test_a_task_never_migrates_the_store_and_names_the_command(
 
     from airflow_nx1_connect.core import store
 
-    engine = store.get_engine(store_url)
+    engine = engines.get_engine(store_url)
     dag = make_dag(ASK_DAG.format(name="never_migrated", conn_id="nx1_src_sqlite"))
     capfd.readouterr()
     run = dag.test()

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.operators import rules
+from airflow_nx1_connect.operators import sources
 from airflow_nx1_connect.operators.rules import FETCH_SIZE
 from tests.operators.conftest import latest_rows, ti_states
 
@@ -314,19 +314,19 @@ def test_mariadb_result_is_streamed_not_buffered(mysql_source):
     from airflow.providers.mysql.hooks.mysql import MySqlHook
 
     hook = MySqlHook(mysql_conn_id=MYSQL_CONN)
-    assert rules._dialect(hook) == "mysql"
+    assert sources.dialect_of(hook) == "mysql"
     conn = hook.get_conn()
     try:
-        cursor = rules._open_cursor(conn, False)
+        cursor = sources.open_cursor(conn, False)
         assert "Buffered" not in type(cursor).__name__
         cursor.execute("SELECT seq, REPEAT('x', 100) FROM seq_1_to_2000000")
-        first = rules._fetch(cursor)
+        first = sources.fetch_first(cursor)
         assert len(first) == FETCH_SIZE
         assert conn.unread_result is True  # 1,990,000 rows still to come
-        batches = rules._batches(cursor, first)
+        batches = sources.batches(cursor, first)
         assert sum(len(b) for b, _ in zip(batches, range(3), strict=False)) == 3 * FETCH_SIZE
         # A failure now: rolling back must not read (and buffer) the remaining rows.
-        rules._rollback(conn)
+        sources.rollback(conn)
         assert not conn.is_connected()
     finally:
         conn.close()
@@ -372,7 +372,7 @@ def test_mysql_driver_errors_classified(mysql_source, driver):
         run("SELECT no_such_function_nx1()"),
         run(f"SELECT NEXTVAL({p}_no_such_seq)"),
     ]
-    assert [rules.is_rule_error(e) for e in rule_errors] == [True] * 6, rule_errors
+    assert [sources.is_rule_error(e) for e in rule_errors] == [True] * 6, rule_errors
 
     # Killed by the server mid-session: an outage, retryable.
     victim = connect()
@@ -387,4 +387,4 @@ def test_mysql_driver_errors_classified(mysql_source, driver):
             victim.close()
         except Exception:
             pass
-    assert not rules.is_rule_error(lost), repr(lost)
+    assert not sources.is_rule_error(lost), repr(lost)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.operators import AskRuleOperator, EngineerRuleOperator
 from tests.operators.conftest import PG_CONN, pg_exec
@@ -166,7 +167,6 @@ def test_airflow_dags_test_emits_lineage(
 @pytest.mark.timeout(600)
 def test_scheduler_runs_emit_lineage(pg_source, mysql_source, tmp_path):
     """The same DAG triggered under a scheduler (LocalExecutor): each task's process emits."""
-    from airflow_nx1_connect.core import store
     from tests.api_server import running_api_server
     from tests.distributed.cluster import Processes, deployment, scheduler_healthy, wait_for
 
@@ -222,11 +222,11 @@ def test_scheduler_runs_emit_lineage(pg_source, mysql_source, tmp_path):
                 }, "\n".join(p.tail(3000) for p in procs.procs.values())
         finally:
             procs.stop_all()
-        engine = store.get_engine(dep.store_url)
+        engine = engines.get_engine(dep.store_url)
         try:
             top = _check_events(_events(events), dag_id, schema, prefix, engine)
         finally:
-            store.dispose_engines()
+            engines.dispose_engines()
     assert top["run"]["facets"]["airflow"]["taskInstance"]["try_number"] == 1
 
 

@@ -8,7 +8,7 @@ from airflow.sdk import Asset
 
 from airflow_nx1_connect.core.errors import RuleError
 from airflow_nx1_connect.operators import AskRuleOperator, EngineerRuleOperator
-from airflow_nx1_connect.operators.rules import is_rule_error
+from airflow_nx1_connect.operators.sources import is_rule_error
 from airflow_nx1_connect.operators.sql_text import check_ask_sql, split_statements
 
 

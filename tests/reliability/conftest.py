@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from airflow_nx1_connect.core import keys, snapshots, store, writer
+from airflow_nx1_connect.core import engines, keys, snapshots, store, writer
 from tests.conftest import PG_URL, drop_pg_schema, make_pg_schema
 from tests.reliability.servers import Server, start_server
 from tests.reliability.tcp_proxy import TcpProxy
@@ -42,7 +42,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
         schema, url = make_pg_schema()
     old = os.environ.get("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN")
     os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = url
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     servers: list[Server] = []
     try:
         store.migrate(engine)
@@ -66,7 +66,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
             os.environ.pop("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", None)
         else:
             os.environ["AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"] = old
-        store.dispose_engines()
+        engines.dispose_engines()
         if schema:
             drop_pg_schema(schema)
 
@@ -79,7 +79,7 @@ def proxied_store():
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
     proxy.start()
     proxied = url.replace(f"{target.hostname}:{target.port or 5432}", f"127.0.0.1:{proxy.port}")
-    engine = store.create_store_engine(proxied)
+    engine = engines.create_store_engine(proxied)
     try:
         store.migrate(engine)
         snapshots.register_data_api(engine, name="alerts", kind="engineer", dag_id="d", task_id="t")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core import snapshots as snaps
-from airflow_nx1_connect.core import store
 from airflow_nx1_connect.core.errors import StoreUnavailable
 
 
@@ -25,7 +25,7 @@ def test_outage_is_reported_within_five_seconds_and_recovers(proxied_store, mode
         proxy.start("blackhole")
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        store.check_reachable(engine)
+        engines.check_reachable(engine)
     assert time.monotonic() - started < 5
 
     proxy.start("forward")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from airflow_nx1_connect.core import snapshots, store, writer
+from airflow_nx1_connect.core import engines, snapshots, writer
 
 
 def batches(rows: int, every: int, tag: str):
@@ -29,7 +29,7 @@ def batches(rows: int, every: int, tag: str):
 def main() -> None:
     url, name, rows, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     tag = sys.argv[5] if len(sys.argv) > 5 else "w"
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     snap = writer.write_snapshot(
         engine,
         data_api=name,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_nx1_connect.core import writer
+from airflow_nx1_connect.core import engines, writer
 from tests.conftest import drop_pg_schema, make_pg_schema
 
 STORE_ENV = "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN"
@@ -97,7 +97,7 @@ def _populate(url: str, backend: str) -> ApiStore:
     from airflow_nx1_connect.core import keys, store
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     store.migrate(engine)
     columns = [snaps.Column(n, t) for n, t in COLUMNS]
     snaps.register_data_api(
@@ -153,7 +153,6 @@ def api_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiStore]:
     """A store with data APIs `sales` (2 snapshots, 5,003 rows), `other`, `empty_api`."""
-    from airflow_nx1_connect.core import store
 
     schema = None
     if request.param == "sqlite":
@@ -165,7 +164,7 @@ def api_store(
         try:
             yield _populate(url, request.param)
         finally:
-            store.dispose_engines()
+            engines.dispose_engines()
             if schema:
                 drop_pg_schema(schema)
 

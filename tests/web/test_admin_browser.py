@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from airflow_nx1_connect.core import writer
+from airflow_nx1_connect.core import engines, writer
 from tests.api_server import running_api_server
 from tests.rule_dags import serialize, write_rule_dags
 
@@ -67,7 +67,7 @@ def _record_usage(store_url: str, key_id: str | None, *, counts: dict[int, int])
     from airflow_nx1_connect.core import store
 
     assert key_id
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     day = dt.datetime.now(dt.timezone.utc).date()
     try:
         with engine.begin() as conn:
@@ -86,7 +86,7 @@ def _populate(store_url: str) -> None:
     from airflow_nx1_connect.core import snapshots as snaps
     from airflow_nx1_connect.core import store
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     try:
         store.migrate(engine)
         snaps.register_data_api(

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from airflow_nx1_connect.core import writer
+from airflow_nx1_connect.core import engines, writer
 from tests.api_server import running_api_server
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def _populate(store_url: str) -> tuple[str, str]:
     from airflow_nx1_connect.core import keys, store
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     try:
         store.migrate(engine)
         snaps.register_data_api(

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from airflow_nx1_connect.core import engines
 from tests.conftest import drop_pg_schema, make_pg_schema
 from tests.web.conftest import (
     BASE,
@@ -75,10 +76,10 @@ class FeedStore:
 
 
 def _populate(url: str, backend: str) -> FeedStore:
-    from airflow_nx1_connect.core import keys, store, writer
+    from airflow_nx1_connect.core import engines, keys, store, writer
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.get_engine(url)
+    engine = engines.get_engine(url)
     store.migrate(engine)
     made = FeedStore(backend, url, engine)
     columns = [snaps.Column(n, t) for n, t in COLUMNS]
@@ -116,7 +117,6 @@ def feed_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FeedStore]:
     """Data APIs `orders` (keyed), `bag` (whole rows) and `shape` (retention, new columns)."""
-    from airflow_nx1_connect.core import store
 
     schema = None
     if request.param == "sqlite":
@@ -126,7 +126,7 @@ def feed_store(
     try:
         yield _populate(url, request.param)
     finally:
-        store.dispose_engines()
+        engines.dispose_engines()
         if schema:
             drop_pg_schema(schema)
 
@@ -316,16 +316,16 @@ def test_csv_and_ndjson_stream_the_whole_feed(
 
 
 def test_stream_is_lazy(feed_store: FeedStore) -> None:
-    from airflow_nx1_connect.core import serving
+    from airflow_nx1_connect.core.serving import router
 
-    request = serving.Request(
+    request = router.Request(
         "GET",
         HOST,
         f"{BASE}/data-apis/orders/changes",
         [("since", feed_store.ids["v1"]), ("format", "csv")],
         key(feed_store, "orders"),
     )
-    response = serving.handle("changes", request, name="orders")
+    response = router.handle("changes", request, name="orders")
     assert response.status == 200 and response.streaming
     assert b"".join(response.body).count(b"\r\n") == 1 + len(expected_keyed(V1, V2))
 

@@ -675,7 +675,7 @@ def blackhole_port() -> Any:
 def test_store_unreachable_is_503_quickly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, blackhole_port: int
 ) -> None:
-    from airflow_nx1_connect.core import store
+    from airflow_nx1_connect.core import engines
 
     adapters = [flask_adapter(), fastapi_adapter()]
     (tmp_path / "a_directory.db").mkdir()
@@ -703,7 +703,7 @@ def test_store_unreachable_is_503_quickly(
                 answers.append(answer)
             assert answers[0].body == answers[1].body
     finally:
-        store.dispose_engines()
+        engines.dispose_engines()
 
 
 # ---------------------------------------------------------------------------------------

@@ -55,9 +55,10 @@ DAG = textwrap.dedent(
 
 _SETUP = """
 import sys
+from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core import keys, store
 from airflow_nx1_connect.core import snapshots as snaps
-engine = store.create_store_engine(sys.argv[1])
+engine = engines.create_store_engine(sys.argv[1])
 store.migrate(engine)
 snaps.register_data_api(engine, name="waited", kind="ask", dag_id="nx1_waits", task_id="ask")
 print(keys.create_key(engine, data_api="waited", days=1, scopes=["run"]).secret)

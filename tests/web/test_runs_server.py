@@ -62,10 +62,10 @@ class Airflow:
 
 
 def _store(store_url: str) -> tuple[str, str, str]:
-    from airflow_nx1_connect.core import keys, store
+    from airflow_nx1_connect.core import engines, keys, store
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     try:
         store.migrate(engine)
         for name, dag_id in (("top_sales", "nx1_runs_live"), ("paused_sales", "nx1_runs_paused")):

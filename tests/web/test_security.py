@@ -36,6 +36,7 @@ import httpx
 import pytest
 import schemathesis
 
+from airflow_nx1_connect.core import engines
 from tests.api_server import free_port, running_api_server
 
 pytestmark = pytest.mark.slow
@@ -152,9 +153,9 @@ class Airflow:
         )
 
     def engine(self) -> Any:
-        from airflow_nx1_connect.core import store
+        from airflow_nx1_connect.core import engines
 
-        return store.get_engine(self.store_url)
+        return engines.get_engine(self.store_url)
 
 
 def _run(env: dict[str, str], *args: str) -> None:
@@ -167,7 +168,7 @@ def _populate(store_url: str) -> tuple[dict[str, Any], dict[str, str]]:
     from airflow_nx1_connect.core import keys, store, writer
     from airflow_nx1_connect.core import snapshots as snaps
 
-    engine = store.create_store_engine(store_url)
+    engine = engines.create_store_engine(store_url)
     try:
         store.migrate(engine)
         snaps.register_data_api(
@@ -240,9 +241,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     with running_api_server(env, home, port=port) as (url, log):
         tokens = {user: _token(url, user) for user in USERS}
         yield Airflow(url, store_url, env, tokens, made, snapshot_ids, [log])
-    from airflow_nx1_connect.core import store
 
-    store.dispose_engines()
+    engines.dispose_engines()
 
 
 def problem(r: httpx.Response, status: int) -> dict[str, Any]:

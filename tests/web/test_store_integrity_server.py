@@ -37,9 +37,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _PUBLISH = """
 import sys
+from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core import store, writer
 from airflow_nx1_connect.core.types import Column
-engine = store.create_store_engine(sys.argv[1])
+engine = engines.create_store_engine(sys.argv[1])
 rows = [(i, f"row {i}") for i in range(int(sys.argv[2]))]
 snapshot = writer.write_snapshot(
     engine, data_api="sales", columns=[Column("id", "INTEGER"), Column("name", "TEXT")],
@@ -50,9 +51,9 @@ print(snapshot.id)
 
 _SETUP = """
 import sys
-from airflow_nx1_connect.core import keys, store
+from airflow_nx1_connect.core import engines, keys, store
 from airflow_nx1_connect.core import snapshots as snaps
-engine = store.create_store_engine(sys.argv[1])
+engine = engines.create_store_engine(sys.argv[1])
 store.migrate(engine)
 snaps.register_data_api(engine, name="sales", kind="ask", dag_id="d", task_id="t")
 print(keys.create_key(engine, data_api="sales", days=7).secret)

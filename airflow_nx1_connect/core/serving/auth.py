@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core.keys import ApiKey, verify_key
-from airflow_nx1_connect.core.serving.http import Problem, Request
+from airflow_nx1_connect.core.errors import Problem
+from airflow_nx1_connect.core.keys import KEY_CHARS, KEY_PREFIX, ApiKey, verify_key
+from airflow_nx1_connect.core.serving.http import Request
 
 #: Query parameter names (lower case, without `-` and `_`) that mean "a key is here".
 KEY_PARAM_NAMES = frozenset(
@@ -33,9 +34,8 @@ KEY_PARAM_NAMES = frozenset(
         "password",
     }
 )
-KEY_PREFIX = "nx1_"
 #: A whole key somewhere inside a parameter (e.g. after a comma in `columns`).
-EMBEDDED_KEY = re.compile(r"nx1_[A-Za-z0-9_-]{32,}")
+EMBEDDED_KEY = re.compile(rf"{KEY_PREFIX}{KEY_CHARS}{{32,}}")
 
 
 def refuse_key_in_query(query: Sequence[tuple[str, str]]) -> None:

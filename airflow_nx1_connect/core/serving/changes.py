@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
-from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import changes
+from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.errors import ValidationError
 from airflow_nx1_connect.core.serving.columnar import rows_stream
 from airflow_nx1_connect.core.serving.encoders import (
@@ -130,15 +130,10 @@ def _closing(chunks: Iterator[bytes], source: Iterator[object]) -> Iterator[byte
     try:
         yield from chunks
     finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        close(source)
 
 
 def page_url(request: Request, start: int, to_id: str) -> str:
     """This request's URL with `start` set and `to` pinned to the resolved snapshot id (from
     `[api] base_url` when set, path-absolute otherwise: `Request.url_root`)."""
-    pairs = [(k, v) for k, v in request.query if k not in ("start", "to")]
-    pairs += [("to", to_id), ("start", str(start))]
-    path = quote(unquote(request.path), safe="/")
-    return f"{request.link_root()}{path}?{urlencode(pairs, quote_via=quote)}"
+    return request.link(replace=[("to", to_id), ("start", str(start))])

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_nx1_connect.core import arrow
+from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.types import Column
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -71,9 +72,7 @@ def columnar_stream(
                 yield sink.take()
     finally:
         writer.close()
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        close(batches)
     yield sink.take()
 
 
@@ -97,6 +96,4 @@ def _resumed(first: bytes | None, chunks: Iterator[bytes]) -> Iterator[bytes]:
             yield first
         yield from chunks
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close(chunks)

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
+from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.serving.negotiation import weighted
-
-if TYPE_CHECKING:  # http imports this module
-    from airflow_nx1_connect.core.serving.http import Request
 
 GZIP = "gzip"
 #: zlib level: level 1 keeps a compressed stream close to the plain one's speed while
@@ -26,9 +23,8 @@ LEVEL = 1
 _WBITS_GZIP = 31  # zlib's gzip container
 
 
-def accepts_gzip(request: Request) -> bool:
-    """True when the request's Accept-Encoding allows gzip."""
-    header = request.header("accept-encoding")
+def accepts_gzip(header: str | None) -> bool:
+    """True when an Accept-Encoding header value allows gzip."""
     if not header:
         return False
     qualities = dict(weighted(header))
@@ -59,6 +55,4 @@ def gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
                 yield out
         yield compressor.flush()
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close(chunks)

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from airflow_nx1_connect.core import types
-from airflow_nx1_connect.core.settings import current_settings
+from airflow_nx1_connect.core.settings import get_settings
 from airflow_nx1_connect.core.types import Column
 
 #: msgspec's JSON encoder (several times faster than the json module on page bodies): compact
@@ -57,7 +57,7 @@ def csv_encoder(
     that begin with =, +, -, @, a tab or a carriage return get a leading `'`.
     """
     if escape_formulas is None:
-        escape_formulas = current_settings().csv_escape_formulas
+        escape_formulas = get_settings().csv_escape_formulas
     converters = types.converters(columns, "csv")
     if escape_formulas:
         converters += [(i, escape_formula) for i, c in enumerate(columns) if c.type == "TEXT"]

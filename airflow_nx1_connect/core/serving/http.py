@@ -16,29 +16,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core.clock import http_date
-from airflow_nx1_connect.core.errors import (
-    AdminAuthError,
-    AdminForbidden,
-    AuthError,
-    ConfigError,
-    Conflict,
-    Forbidden,
-    MissingScope,
-    NotFound,
-    RateLimited,
-    RateLimitUnavailable,
-    RunRefused,
-    RunsUnavailable,
-    SnapshotGone,
-    StoreNotMigrated,
-    StoreUnavailable,
-    ValidationError,
-)
-from airflow_nx1_connect.core.ratelimit import headers as rate_limit_headers
+from airflow_nx1_connect.core.errors import Nx1Error, Problem, StoreUnavailable
 from airflow_nx1_connect.core.serving import compression
 
 log = logging.getLogger(__name__)
@@ -53,7 +36,6 @@ IMMUTABLE = "private, max-age=31536000, immutable"
 #: `latest`, the data API and its snapshot list change when a run publishes.
 SHORT_LIVED = "private, max-age=30"
 VARY = "Authorization, X-API-Key, Accept"
-RETRY_AFTER_S = "5"
 PROBLEM_BASE = "urn:nx1-connect:problem:"
 #: Request size limits, enforced here because not every server in front enforces one
 #: (uvicorn with httptools accepts a 10 MB header). Far above any real request.
@@ -91,6 +73,19 @@ class Request:
         if callable(self.url_root):
             self.url_root = self.url_root()
         return self.url_root
+
+    def link(
+        self, path: str | None = None, replace: Sequence[tuple[str, str]] | None = None
+    ) -> str:
+        """A URL for an answer's links, from `link_root` (Airflow's `[api] base_url` when set,
+        path-absolute otherwise): `path` (not yet quoted; default: the request's own) and,
+        with `replace`, the request's query without those parameters, then them, in order."""
+        target = quote(path if path is not None else unquote(self.path), safe="/")
+        if replace is None:
+            return f"{self.link_root()}{target}"
+        names = {name for name, _ in replace}
+        pairs = [(k, v) for k, v in self.query if k not in names] + list(replace)
+        return f"{self.link_root()}{target}?{urlencode(pairs, quote_via=quote)}"
 
 
 class Pending(Protocol):
@@ -130,25 +125,6 @@ class Response:
             if key.lower() == name.lower():
                 return value
         return None
-
-
-class Problem(Exception):
-    """An HTTP problem raised inside this module (mapped by `problem_for`)."""
-
-    def __init__(
-        self,
-        status: int,
-        slug: str,
-        title: str,
-        detail: str,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.slug = slug
-        self.title = title
-        self.detail = detail
-        self.headers = list(headers)
 
 
 def problem(
@@ -249,95 +225,16 @@ async def complete_async(response: Response) -> Response:
     return await response.pending.answer_async()
 
 
-def close_body(body: bytes | Iterator[bytes]) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
-
-
 def problem_for(exc: BaseException) -> Response:
-    """The single mapping from exceptions to problem+json responses."""
-    if isinstance(exc, Problem):
-        return problem(exc.status, exc.slug, exc.title, exc.detail, exc.headers)
-    if isinstance(exc, AuthError):
-        if exc.missing:
-            return problem(
-                401,
-                "missing-key",
-                "Data API key required",
-                "Send the data API key in an 'Authorization: Bearer <key>' or "
-                "'X-API-Key: <key>' header.",
-                [("WWW-Authenticate", "Bearer")],
-            )
-        log.info("Data API key refused: %s", exc.reason)
-        return problem(
-            401,
-            "invalid-key",
-            "Invalid data API key",
-            "The data API key is unknown, malformed, expired or revoked. Ask the data API's "
-            "owner for a valid key.",
-            [("WWW-Authenticate", 'Bearer error="invalid_token"')],
-        )
-    if isinstance(exc, MissingScope):
-        return problem(403, "missing-scope", "Key lacks the scope this request needs", str(exc))
-    if isinstance(exc, AdminAuthError):
-        return problem(
-            401,
-            "missing-token",
-            "Airflow API token required",
-            f"{exc} Get a token with POST /auth/token and send it in an "
-            "'Authorization: Bearer <token>' header; data API keys are not accepted here.",
-            [("WWW-Authenticate", "Bearer")],
-        )
-    if isinstance(exc, AdminForbidden):
-        return problem(403, "forbidden", "Permission denied", str(exc))
-    if isinstance(exc, Conflict):
-        return problem(409, "conflict", "Conflict", str(exc))
-    if isinstance(exc, Forbidden):
-        return problem(
-            403,
-            "forbidden",
-            "Key not valid for this data API",
-            "This key belongs to another data API; each key reads exactly one data API.",
-        )
-    if isinstance(exc, ValidationError):
-        return problem(400, "invalid-parameter", "Invalid request", str(exc))
-    if isinstance(exc, RateLimited):
-        return problem(429, "rate-limited", "Too many requests", str(exc), rate_limit_headers(exc))
-    if isinstance(exc, RateLimitUnavailable):
-        log.warning("Rate limit storage unavailable: %s", exc)
-        return problem(
-            503,
-            "rate-limit-unavailable",
-            "Rate limit storage unavailable",
-            "The rate limit counters ([nx1_connect] rate_limit_storage) cannot be reached "
-            "right now; try again in a few seconds.",
-            [("Retry-After", RETRY_AFTER_S)],
-        )
-    if isinstance(exc, SnapshotGone):
-        return problem(410, "snapshot-gone", "Snapshot no longer available", str(exc))
-    if isinstance(exc, NotFound):
-        return problem(404, "not-found", "Not found", str(exc))
-    if isinstance(exc, RunRefused):
-        return problem(409, "run-refused", "The rule cannot run now", str(exc))
-    if isinstance(exc, RunsUnavailable):
-        log.warning("Airflow runs unavailable: %s", one_line(exc))
-        return problem(
-            503,
-            "runs-unavailable",
-            "Airflow unavailable",
-            "Airflow's metadata database cannot be reached right now; try again in a few seconds.",
-            [("Retry-After", RETRY_AFTER_S)],
-        )
-    if isinstance(exc, StoreUnavailable | StoreNotMigrated | ConfigError | sa.exc.SQLAlchemyError):
-        log.warning("Snapshot store unavailable: %s", one_line(exc))
-        return problem(
-            503,
-            "store-unavailable",
-            "Snapshot store unavailable",
-            "The snapshot store cannot be reached right now; try again in a few seconds.",
-            [("Retry-After", RETRY_AFTER_S)],
-        )
+    """The single mapping from exceptions to problem+json responses: each `Nx1Error` says its
+    own status, type, title, detail and headers (`core.errors`); a database error is the
+    store being unavailable; anything else is a 500 whose traceback goes to the log."""
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        exc = StoreUnavailable(one_line(exc))
+    if isinstance(exc, Nx1Error) and exc.status != 500:
+        if exc.log_level is not None:
+            log.log(exc.log_level, "%s", exc.log_text())
+        return problem(exc.status, exc.slug, exc.title, exc.detail(), exc.headers())
     log.exception("Unexpected error while serving a data API request")
     return problem(
         500,
@@ -402,7 +299,7 @@ def finish(
     on the 304 too. `compressible` bodies (JSON, CSV, NDJSON) are gzip-compressed when the
     client accepts it, with their own ETag (see `compression`).
     """
-    gzip = compressible and compression.accepts_gzip(request)
+    gzip = compressible and compression.accepts_gzip(request.header("accept-encoding"))
     if gzip:
         etag = compression.gzip_etag(etag)
     vary = f"{VARY}, Accept-Encoding" if compressible else VARY

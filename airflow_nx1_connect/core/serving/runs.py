@@ -84,8 +84,7 @@ def _headers(wait: int | None) -> list[tuple[str, str]]:
 def status_url(request: Request, run_id: str) -> str:
     """The URL of a run's status, under the mount the request came through: from Airflow's
     `[api] base_url` when set, path-absolute otherwise (`Request.url_root`)."""
-    runs_path = quote(unquote(request.path).rstrip("/"), safe="/")
-    return f"{request.link_root()}{runs_path}/{quote(run_id, safe='')}"
+    return f"{request.link(unquote(request.path).rstrip('/'))}/{quote(run_id, safe='')}"
 
 
 @dataclass
