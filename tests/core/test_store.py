@@ -66,13 +66,13 @@ def test_concurrent_migrations_of_a_fresh_store_both_succeed(store_url):
     """Two deployers running `db migrate` at once: one migrates, the other waits (no error)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    engines = [engines.create_store_engine(store_url) for _ in range(2)]
+    pair = [engines.create_store_engine(store_url) for _ in range(2)]
     try:
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(store.migrate, engines))
-        assert store.current_revision(engines[0]) == store.head_revision()
+            list(pool.map(store.migrate, pair))
+        assert store.current_revision(pair[0]) == store.head_revision()
     finally:
-        for eng in engines:
+        for eng in pair:
             eng.dispose()
 
 
