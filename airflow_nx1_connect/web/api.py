@@ -181,6 +181,17 @@ def _rows_parameters() -> list[dict[str, Any]]:
             "schema": {"type": "string", "enum": list(serving.FORMATS)},
         },
         {
+            "name": "shape",
+            "in": "query",
+            "required": False,
+            "description": (
+                "How JSON writes each row in `data.data`: `arrays` (a list in the order of "
+                '`data.columns`) or `objects` (`{"<column>": value}`, in column order). '
+                "Other formats ignore it."
+            ),
+            "schema": {"type": "string", "enum": ["arrays", "objects"], "default": "arrays"},
+        },
+        {
             "name": "sort",
             "in": "query",
             "required": False,

@@ -62,6 +62,7 @@ from airflow_nx1_connect.core.serving.encoders import (
     dumps,
     json_converter,
     ndjson_rows,
+    shaped,
     stream,
 )
 from airflow_nx1_connect.core.serving.http import (
@@ -299,7 +300,15 @@ def _rows_response(
     if query:
         reads.check_query(snapshot, query, engine.dialect.name)
     etag = etag_for(
-        "rows", snapshot.id, endpoint, params.start, params.limit, names, params.format, query
+        "rows",
+        snapshot.id,
+        endpoint,
+        params.start,
+        params.limit,
+        names,
+        params.format,
+        query,
+        params.shape,
     )
     # Rows are read as stored and encoded straight to text (no decoding to Python first).
     csv_rows = csv_encoder(columns)
@@ -349,7 +358,7 @@ def _rows_response(
                         "column_types": [c.type for c in columns],
                         "next_start": next_start,
                         "next_url": link,
-                        "data": json_values(rows),
+                        "data": shaped(names, json_values(rows), params.shape),
                     },
                 }
             )
