@@ -297,6 +297,14 @@ def _changes_responses() -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+#: The body models of the JSON routes other than rows, changes and runs.
+_JSON_MODELS: dict[str, type[Any]] = {
+    "data_api": models.DataApi,
+    "snapshots": models.SnapshotList,
+    "openapi": dict[str, Any],
+}
+
+
 def _json_ok(model: type[Any], description: str) -> dict[int | str, dict[str, Any]]:
     return {
         200: {"description": description, "headers": _CACHE_HEADERS, "model": model},
@@ -449,6 +457,10 @@ def create_app() -> FastAPI:
         "snapshots": ("listSnapshots", "Retained published snapshots, newest first"),
         "snapshot": ("getSnapshotRows", "Rows of one retained snapshot (never changes)"),
         "changes": ("getChanges", "Rows inserted, updated and deleted between two snapshots"),
+        "openapi": (
+            "getDataApiOpenapi",
+            "The OpenAPI 3.1 document of this data API alone, rows typed per column",
+        ),
     }
     for endpoint, path in serving.ROUTES.items():
         if endpoint in _RUN_ROUTES:
@@ -469,9 +481,7 @@ def create_app() -> FastAPI:
             if endpoint == "changes"
             else _rows_responses()
             if rows
-            else _json_ok(
-                models.DataApi if endpoint == "data_api" else models.SnapshotList, summary
-            ),
+            else _json_ok(_JSON_MODELS[endpoint], summary),
             openapi_extra={
                 "parameters": _changes_parameters()
                 if endpoint == "changes"

@@ -46,7 +46,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import arrow, ratelimit, reads, usage
+from airflow_nx1_connect.core import arrow, openapi, ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import NotFound
@@ -128,6 +128,7 @@ ROUTES: dict[str, str] = {
     "changes": "/data-apis/{name}/changes",
     "runs": "/data-apis/{name}/runs",
     "run": "/data-apis/{name}/runs/{run_id}",
+    "openapi": "/data-apis/{name}/openapi.json",
 }
 
 #: The methods of each route that does not take ALLOWED_METHODS (GET, HEAD).
@@ -218,6 +219,8 @@ def _handle(
             response = _snapshots_response(engine, request, name)
         elif endpoint == "changes":
             response = changes_response(engine, settings, request, name)
+        elif endpoint == "openapi":
+            response = _openapi_response(engine, settings, request, name)
         else:
             response = _rows_response(engine, settings, request, endpoint, name, snapshot_id)
     except Exception as exc:  # the one place where exceptions become statuses
@@ -256,6 +259,38 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
         request,
         etag=etag_for("data_api", body),
         last_modified=modified,
+        cache_control=SHORT_LIVED,
+        media_type=MEDIA_TYPES["json"],
+        body=lambda: body,
+        compressible=True,
+    )
+
+
+def _openapi_response(
+    engine: sa.Engine, settings: Settings, request: Request, name: str
+) -> Response:
+    """The OpenAPI document of data API `name` alone, rows typed from its latest snapshot's
+    columns (`core.openapi`); 404 until a snapshot is published."""
+    api = snaps.get_data_api(engine, name)
+    latest = snaps.latest_snapshot(engine, name)
+    # The columns the document types: all of the latest snapshot's (a key that may see only
+    # some would hand in those alone).
+    columns = snaps.resolve_columns(latest, None)
+    base = unquote(request.path).rsplit("/data-apis/", 1)[0]
+    document = openapi.data_api_document(
+        name=api.name,
+        description=api.description,
+        question=api.question,
+        columns=columns,
+        server_url=request.link_root() + base,
+        max_page_size=settings.max_page_size,
+        default_page_size=settings.default_page_size,
+    )
+    body = dumps(document)
+    return finish(
+        request,
+        etag=etag_for("openapi", body),
+        last_modified=max(t for t in (api.updated_at, latest.published_at) if t is not None),
         cache_control=SHORT_LIVED,
         media_type=MEDIA_TYPES["json"],
         body=lambda: body,
