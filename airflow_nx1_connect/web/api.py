@@ -543,6 +543,14 @@ def create_app() -> FastAPI:
                     content = response.get("content", {})
                     if status[0] in "45" and "application/json" in content:
                         content[serving.PROBLEM_JSON] = content.pop("application/json")
+                    elif "application/json" in content:
+                        # JSON first: it is the default answer, and generators (e.g.
+                        # openapi-python-client) type a response by its first media type
+                        # they know; with text/csv first, a rows page was typed as `str`.
+                        response["content"] = {
+                            "application/json": content.pop("application/json"),
+                            **content,
+                        }
                 admin = path.startswith(API_PREFIX + admin_api.PREFIX)
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "limit" and not admin:
