@@ -18,9 +18,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +26,13 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.api_server import free_port
 from tests.web.conftest import BASE, COLUMNS, Adapter, Answer, ApiStore, big_rows
+from tests.web.mounts import Mounts, serve_both_mounts
 
 NAMES = [n for n, _ in COLUMNS]
 PROBLEM = "application/problem+json"
 COMPARED = ("content-type", "etag", "last-modified", "cache-control", "vary", "link")
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[2]
 #: The contract's table: column family -> JSON Schema type and format of a row property.
 CONTRACT_TYPES = {
     "INTEGER": ("integer", None),
@@ -269,59 +266,12 @@ def test_per_data_api_document_errors_and_caching(
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Mounts:
-    """A real uvicorn server with both mounts (`clients_app`): where each base is."""
-
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def bases(self) -> dict[str, str]:
-        """Mount -> `{base}` of the data API on it."""
-        return {
-            "fastapi": f"{self.root}/nx1/api/v1",
-            "flask": f"{self.root}/pluginsv2/nx1/api/v1",
-        }
-
-
 @pytest.fixture(scope="module")
 def server(api_store: ApiStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounts]:
     """One uvicorn process on the module's store, serving both mounts."""
     log_path = tmp_path_factory.mktemp("server") / "uvicorn.log"
-    port = free_port()
-    env = {**os.environ, "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": api_store.url}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.web.clients_app:app", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    mounts = Mounts(port, proc)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the server did not answer within 120 s"
-            try:
-                httpx.get(f"{mounts.bases['fastapi']}/data-apis/probe", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serve_both_mounts(api_store.url, log_path) as mounts:
         yield mounts
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 #: Generated packages by document digest: each document is generated from once per session.
