@@ -145,7 +145,7 @@ _IF_NONE_MATCH = {
 
 def _schemas(columns: Sequence[Column]) -> dict[str, Any]:
     names = [c.name for c in columns]
-    properties = {c.name: {**nullable_json_schema(c.type), "title": c.name} for c in columns}
+    properties = {c.name: nullable_json_schema(c.type) for c in columns}
     summary = {
         "type": "object",
         "description": "A published snapshot, without its rows.",

@@ -269,8 +269,8 @@ assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 #: nullable (`nullable_json_schema`).
 JSON_SCHEMAS: dict[str, dict[str, str]] = {
     "TEXT": {"type": "string"},
-    "INTEGER": {"type": "integer", "format": "int64"},
-    "REAL": {"type": "number", "format": "double"},
+    "INTEGER": {"type": "integer"},
+    "REAL": {"type": "number"},
     "NUMERIC": {"type": "string", "format": "decimal"},
     "BOOLEAN": {"type": "boolean"},
     "DATE": {"type": "string", "format": "date"},
