@@ -263,6 +263,30 @@ _TEXT_OR_NULL = frozenset({str, type(None)})
 assert all(fn in _KEEPS_TEXT for t in TYPES.values() for fn in t.store.values() if fn)
 assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 
+#: The JSON Schema (OpenAPI 3.1) of each family's JSON values, as `json` above sends them:
+#: NUMERIC is exact text (`decimal`), DATE and TIMESTAMP ISO 8601 text, JSON any value. The
+#: per-data-API OpenAPI document (`core.openapi`) types row objects with it, every column
+#: nullable (`nullable_json_schema`).
+JSON_SCHEMAS: dict[str, dict[str, str]] = {
+    "TEXT": {"type": "string"},
+    "INTEGER": {"type": "integer"},
+    "REAL": {"type": "number"},
+    "NUMERIC": {"type": "string", "format": "decimal"},
+    "BOOLEAN": {"type": "boolean"},
+    "DATE": {"type": "string", "format": "date"},
+    "TIMESTAMP": {"type": "string", "format": "date-time"},
+    "JSON": {},
+}
+assert tuple(JSON_SCHEMAS) == FAMILIES
+
+
+def nullable_json_schema(family: str) -> dict[str, Any]:
+    """The JSON Schema of a `family` column's values, NULL (JSON null) included."""
+    schema: dict[str, Any] = dict(JSON_SCHEMAS[family])
+    if "type" in schema:  # JSON columns already take any value, null too
+        schema["type"] = [schema["type"], "null"]
+    return schema
+
 
 def keeps_text_of(fn: Convert, values: Iterable[Any]) -> bool:
     """True when converter `fn` would return `values` unchanged: it leaves text as it is

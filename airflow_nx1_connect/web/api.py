@@ -181,6 +181,17 @@ def _rows_parameters() -> list[dict[str, Any]]:
             "schema": {"type": "string", "enum": list(router.FORMATS)},
         },
         {
+            "name": "shape",
+            "in": "query",
+            "required": False,
+            "description": (
+                "How JSON writes each row in `data.data`: `arrays` (a list in the order of "
+                '`data.columns`) or `objects` (`{"<column>": value}`, in column order). '
+                "Other formats ignore it."
+            ),
+            "schema": {"type": "string", "enum": ["arrays", "objects"], "default": "arrays"},
+        },
+        {
             "name": "sort",
             "in": "query",
             "required": False,
@@ -284,6 +295,14 @@ def _changes_responses() -> dict[int | str, dict[str, Any]]:
         "resync from /latest."
     )
     return responses
+
+
+#: The body models of the JSON routes other than rows, changes and runs.
+_JSON_MODELS: dict[str, type[Any]] = {
+    "data_api": models.DataApi,
+    "snapshots": models.SnapshotList,
+    "openapi": dict[str, Any],
+}
 
 
 def _json_ok(model: type[Any], description: str) -> dict[int | str, dict[str, Any]]:
@@ -438,6 +457,10 @@ def create_app() -> FastAPI:
         "snapshots": ("listSnapshots", "Retained published snapshots, newest first"),
         "snapshot": ("getSnapshotRows", "Rows of one retained snapshot (never changes)"),
         "changes": ("getChanges", "Rows inserted, updated and deleted between two snapshots"),
+        "openapi": (
+            "getDataApiOpenapi",
+            "The OpenAPI 3.1 document of this data API alone, rows typed per column",
+        ),
     }
     for endpoint, path in router.ROUTES.items():
         if endpoint in _RUN_ROUTES:
@@ -458,9 +481,7 @@ def create_app() -> FastAPI:
             if endpoint == "changes"
             else _rows_responses()
             if rows
-            else _json_ok(
-                models.DataApi if endpoint == "data_api" else models.SnapshotList, summary
-            ),
+            else _json_ok(_JSON_MODELS[endpoint], summary),
             openapi_extra={
                 "parameters": _changes_parameters()
                 if endpoint == "changes"
@@ -522,6 +543,14 @@ def create_app() -> FastAPI:
                     content = response.get("content", {})
                     if status[0] in "45" and "application/json" in content:
                         content[router.PROBLEM_JSON] = content.pop("application/json")
+                    elif "application/json" in content:
+                        # JSON first: it is the default answer, and generators (e.g.
+                        # openapi-python-client) type a response by its first media type
+                        # they know; with text/csv first, a rows page was typed as `str`.
+                        response["content"] = {
+                            "application/json": content.pop("application/json"),
+                            **content,
+                        }
                 admin = path.startswith(API_PREFIX + admin_api.PREFIX)
                 for parameter in operation.get("parameters", []):
                     if parameter["name"] == "limit" and not admin:

@@ -80,7 +80,10 @@ class RowsData(BaseModel):
         description="URL of the next page, on the snapshot's own URL (a publish between "
         "pages never mixes snapshots); null on the last."
     )
-    data: list[list[Any]]
+    data: list[list[Any]] | list[dict[str, Any]] = Field(
+        description="The rows: lists in the order of `columns` (`shape=arrays`, the default) "
+        'or objects `{"<column>": value}` (`shape=objects`).'
+    )
 
 
 class RowsPage(BaseModel):
@@ -101,7 +104,10 @@ class ChangesData(BaseModel):
     next_url: str | None = Field(
         description="The next page's URL, `to` pinned to this feed's snapshot; null on the last."
     )
-    data: list[list[Any]]
+    data: list[list[Any]] | list[dict[str, Any]] = Field(
+        description="The changes: lists in the order of `columns` (`shape=arrays`, the "
+        'default) or objects `{"_op": ..., "<column>": value}` (`shape=objects`).'
+    )
 
 
 class ChangesPage(BaseModel):

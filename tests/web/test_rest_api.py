@@ -727,11 +727,13 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
         "/data-apis/{name}/changes",
         "/data-apis/{name}/runs",
         "/data-apis/{name}/runs/{run_id}",
+        "/data-apis/{name}/openapi.json",
     }
     assert doc["servers"] == [{"url": "/nx1"}]
     latest = doc["paths"]["/api/v1/data-apis/{name}/latest"]["get"]
     params = {p["name"]: p for p in latest["parameters"]}
-    assert {"name", "start", "limit", "columns", "format", "If-None-Match"} <= set(params)
+    assert {"name", "start", "limit", "columns", "format", "shape", "If-None-Match"} <= set(params)
+    assert params["shape"]["schema"]["enum"] == ["arrays", "objects"]
     assert params["limit"]["schema"]["maximum"] == 10000
     assert set(latest["responses"]) == {
         "200",
@@ -751,6 +753,8 @@ def test_openapi_document(adapters: list[Adapter]) -> None:
         "RateLimit-Policy",
         "RateLimit",
     }
+    # JSON first: generators type a response by its first known media type (test_clients).
+    assert next(iter(latest["responses"]["200"]["content"])) == "application/json"
     assert set(latest["responses"]["200"]["content"]) == {
         "application/json",
         "text/csv",

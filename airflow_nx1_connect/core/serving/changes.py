@@ -25,6 +25,7 @@ from airflow_nx1_connect.core.serving.encoders import (
     dumps,
     json_converter,
     ndjson_rows,
+    shaped,
     stream,
 )
 from airflow_nx1_connect.core.serving.http import (
@@ -65,7 +66,14 @@ def changes_response(
     columns = changes.feed_columns(span, params.columns)
     names = [c.name for c in columns]
     etag = etag_for(
-        "changes", span.since.id, span.to.id, params.start, params.limit, names, params.format
+        "changes",
+        span.since.id,
+        span.to.id,
+        params.start,
+        params.limit,
+        names,
+        params.format,
+        params.shape,
     )
     csv_rows = csv_encoder(columns)
     json_values = json_converter(columns)
@@ -109,7 +117,7 @@ def changes_response(
                         "columns": names,
                         "next_start": next_start,
                         "next_url": url,
-                        "data": json_values(rows),
+                        "data": shaped(names, json_values(rows), params.shape),
                     },
                 }
             )

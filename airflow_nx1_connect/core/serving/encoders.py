@@ -93,6 +93,14 @@ def json_converter(
     return convert
 
 
+def shaped(names: Sequence[str], rows: list[list[Any]], shape: str) -> list[Any]:
+    """JSON rows as sent in `data.data`: lists (`shape=arrays`) or, for `shape=objects`,
+    objects `{"<column>": value}` with their keys in column order."""
+    if shape != "objects":
+        return rows
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
 def ndjson_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     """Rows as NDJSON lines, one JSON object per row."""
     return b"".join(dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows)

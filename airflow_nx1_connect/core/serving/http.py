@@ -150,8 +150,9 @@ def route_not_found(request: Request) -> Response:
         "Not found",
         "No such endpoint. The data API serves GET /data-apis/{name}, "
         "/data-apis/{name}/latest, /data-apis/{name}/snapshots, "
-        "/data-apis/{name}/snapshots/{snapshot_id}, /data-apis/{name}/changes and "
-        "/data-apis/{name}/runs/{run_id}, and POST /data-apis/{name}/runs.",
+        "/data-apis/{name}/snapshots/{snapshot_id}, /data-apis/{name}/changes, "
+        "/data-apis/{name}/openapi.json and /data-apis/{name}/runs/{run_id}, and POST "
+        "/data-apis/{name}/runs.",
     )
 
 

@@ -25,6 +25,8 @@ MEDIA_TYPES = {
     "arrow": "application/vnd.apache.arrow.stream",
     "parquet": "application/vnd.apache.parquet",
 }
+#: `shape` of JSON rows: `arrays` (the default, a list per row) or `objects` ({column: value}).
+SHAPES = ("arrays", "objects")
 #: Formats whose bodies are text, gzip-compressed when the client accepts it.
 TEXT_FORMATS = ("json", "csv", "ndjson")
 #: Largest `start` accepted (keeps the value inside a signed 64-bit integer).
@@ -41,6 +43,7 @@ class RowsParams:
     columns: list[str] | None
     format: str
     query: RowsQuery = field(default_factory=RowsQuery)
+    shape: str = "arrays"
 
 
 def single_param(query: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -81,7 +84,8 @@ def too_big(digits: str, maximum: int) -> bool:
 
 
 def parse_rows_params(request: Request, settings: Settings) -> RowsParams:
-    """Validate `start`, `limit`, `columns` and `format` (ValidationError on bad input)."""
+    """Validate `start`, `limit`, `columns`, `format` and `shape` (ValidationError on bad
+    input)."""
     query = request.query
     start_text = single_param(query, "start")
     start = 0
@@ -131,8 +135,27 @@ def parse_rows_params(request: Request, settings: Settings) -> RowsParams:
     if fmt == "json" and limit is None:
         limit = settings.default_page_size
     return RowsParams(
-        start=start, limit=limit, columns=columns, format=fmt, query=parse_rows_query(query)
+        start=start,
+        limit=limit,
+        columns=columns,
+        format=fmt,
+        query=parse_rows_query(query),
+        shape=parse_shape(query),
     )
+
+
+def parse_shape(query: Sequence[tuple[str, str]]) -> str:
+    """`shape=arrays` (default) or `shape=objects`: how JSON bodies write each row."""
+    shape = single_param(query, "shape")
+    if shape is None:
+        return "arrays"
+    if shape not in SHAPES:
+        raise ValidationError(
+            "shape must be arrays (each row a list, in the order of data.columns) or objects "
+            '(each row {"<column>": value}), e.g. shape=objects.',
+            field="shape",
+        )
+    return shape
 
 
 WHERE_PREFIX = "where."

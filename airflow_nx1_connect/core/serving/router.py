@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 import sqlalchemy as sa
 
-from airflow_nx1_connect.core import arrow, ratelimit, reads, usage
+from airflow_nx1_connect.core import arrow, openapi, ratelimit, reads, usage
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.closing import close
@@ -56,6 +56,7 @@ from airflow_nx1_connect.core.serving.encoders import (
     dumps,
     json_converter,
     ndjson_rows,
+    shaped,
     stream,
 )
 from airflow_nx1_connect.core.serving.http import (
@@ -119,6 +120,7 @@ ROUTES: dict[str, str] = {
     "changes": "/data-apis/{name}/changes",
     "runs": "/data-apis/{name}/runs",
     "run": "/data-apis/{name}/runs/{run_id}",
+    "openapi": "/data-apis/{name}/openapi.json",
 }
 
 #: The methods of each route that does not take ALLOWED_METHODS (GET, HEAD).
@@ -209,6 +211,8 @@ def _handle(
             response = _snapshots_response(engine, request, name)
         elif endpoint == "changes":
             response = changes_response(engine, settings, request, name)
+        elif endpoint == "openapi":
+            response = _openapi_response(engine, settings, request, name)
         else:
             response = _rows_response(engine, settings, request, endpoint, name, snapshot_id)
     except Exception as exc:  # the one place where exceptions become statuses
@@ -254,6 +258,38 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
     )
 
 
+def _openapi_response(
+    engine: sa.Engine, settings: Settings, request: Request, name: str
+) -> Response:
+    """The OpenAPI document of data API `name` alone, rows typed from its latest snapshot's
+    columns (`core.openapi`); 404 until a snapshot is published."""
+    api = snaps.get_data_api(engine, name)
+    latest = snaps.latest_snapshot(engine, name)
+    # The columns the document types: all of the latest snapshot's (a key that may see only
+    # some would hand in those alone).
+    columns = snaps.resolve_columns(latest, None)
+    base = unquote(request.path).rsplit("/data-apis/", 1)[0]
+    document = openapi.data_api_document(
+        name=api.name,
+        description=api.description,
+        question=api.question,
+        columns=columns,
+        server_url=request.link_root() + base,
+        max_page_size=settings.max_page_size,
+        default_page_size=settings.default_page_size,
+    )
+    body = dumps(document)
+    return finish(
+        request,
+        etag=etag_for("openapi", body),
+        last_modified=max(t for t in (api.updated_at, latest.published_at) if t is not None),
+        cache_control=SHORT_LIVED,
+        media_type=MEDIA_TYPES["json"],
+        body=lambda: body,
+        compressible=True,
+    )
+
+
 def _snapshots_response(engine: sa.Engine, request: Request, name: str) -> Response:
     api = snaps.get_data_api(engine, name)
     published = snaps.list_snapshots(engine, name)
@@ -291,7 +327,15 @@ def _rows_response(
     if query:
         reads.check_query(snapshot, query, engine.dialect.name)
     etag = etag_for(
-        "rows", snapshot.id, endpoint, params.start, params.limit, names, params.format, query
+        "rows",
+        snapshot.id,
+        endpoint,
+        params.start,
+        params.limit,
+        names,
+        params.format,
+        query,
+        params.shape,
     )
     # Rows are read as stored and encoded straight to text (no decoding to Python first).
     csv_rows = csv_encoder(columns)
@@ -341,7 +385,7 @@ def _rows_response(
                         "column_types": [c.type for c in columns],
                         "next_start": next_start,
                         "next_url": link,
-                        "data": json_values(rows),
+                        "data": shaped(names, json_values(rows), params.shape),
                     },
                 }
             )
