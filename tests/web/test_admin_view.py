@@ -534,7 +534,7 @@ def test_securecookie_session_backend_works_too(
 def test_unreachable_store_gives_503(
     clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_nx1_connect.core import store as core_store
+    from airflow_nx1_connect.core import engines as core_engines
 
     url = "postgresql+psycopg://postgres:hidden-pw@127.0.0.1:1/nowhere"
     monkeypatch.setenv("AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN", url)
@@ -544,7 +544,7 @@ def test_unreachable_store_gives_503(
             assert response.status_code == 503
             assert "cannot be reached" in response.text and "hidden-pw" not in response.text
     finally:
-        core_store.dispose_engines()
+        core_engines.dispose_engines()
 
 
 # ---------------------------------------------------------------------------------------
