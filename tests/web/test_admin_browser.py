@@ -24,19 +24,10 @@ import pytest
 from airflow_nx1_connect.core import writer
 from tests.api_server import running_api_server
 from tests.rule_dags import serialize, write_rule_dags
+from tests.web.helpers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: Screenshots go to docs/img/ (docs/admin.md's) only when NX1_UPDATE_SCREENSHOTS=1, so a
 #: normal test run leaves the tracked images alone; otherwise to a temporary folder.
 IMG = (
