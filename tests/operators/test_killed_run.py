@@ -10,12 +10,15 @@ import sys
 import textwrap
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import lease, store
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import SnapshotNotFound
 from tests.operators.conftest import SALES, latest_rows, ti_states
+
+pytestmark = pytest.mark.slow  # a rule run in a real subprocess, SIGKILLed
 
 DAG_SOURCE = """
 import pendulum

@@ -130,6 +130,7 @@ def _check_events(
     return top
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_airflow_dags_test_emits_lineage(
     engine, store_env, pg_source, mysql_source, airflow_db, tmp_path

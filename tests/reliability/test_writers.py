@@ -16,11 +16,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import reads, store, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.store import snapshots as snapshots_table
+
+pytestmark = pytest.mark.slow  # writer processes, SIGKILLed
 
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = [snaps.Column("i", "INTEGER"), snaps.Column("tag", "TEXT")]

@@ -258,6 +258,7 @@ def redis_db() -> Iterator[str]:
         client.close()
 
 
+@pytest.mark.slow  # spawns processes
 def test_redis_storage_shares_one_limit_between_two_servers(
     api_store, redis_db, monkeypatch, tmp_path: Path
 ):
