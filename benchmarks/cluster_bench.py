@@ -5,7 +5,7 @@
 Not part of `make bench` (it migrates a fresh Airflow metadata database and starts the
 api-server twice, about two minutes). Needs what `tests/distributed` needs: PostgreSQL at
 NX1_TEST_PG and Redis at NX1_TEST_REDIS (the deployment is built by the same helper, with
-the README's "Production" settings: PostgreSQL metadata database and snapshot store).
+the settings of docs/production.md: PostgreSQL metadata database and snapshot store).
 
 - C1: a real `airflow api-server --workers 1` and one with `--workers 2` (both running,
   measured in alternate rounds, best round of each), serving the latest page of

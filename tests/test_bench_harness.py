@@ -7,6 +7,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 from benchmarks import run as harness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,7 @@ def test_a_module_missing_a_figure_is_reported() -> None:
     assert [r["id"] for r in got] == ["W1", "W3"] and "no row" in got[1]["ours"]
 
 
+@pytest.mark.slow  # spawns processes
 def test_missing_module_exits_nonzero_with_error_row() -> None:
     code = (
         "import sys; from benchmarks import run as h;"

@@ -172,6 +172,7 @@ def _target(fd: Path) -> str | None:
         return None
 
 
+@pytest.mark.slow  # spawns processes
 def test_closing_the_stream_closes_the_driver_connection(
     engine: sa.Engine, snapshot: snaps.Snapshot
 ) -> None:

@@ -27,8 +27,8 @@ from airflow_nx1_connect.core.errors import (
     ValidationError,
 )
 from airflow_nx1_connect.core.store import key_usage as key_usage_table
+from tests.helpers import KEY_LINE, ok, user_error
 from tests.rule_dags import RULES
-from tests.test_cli import KEY_LINE, ok, user_error
 
 #: An Airflow user allowed to trigger every DAG (as Admin is).
 ACTOR = control.Actor("alice", "10.0.0.7", lambda dag_id: True)

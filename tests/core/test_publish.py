@@ -111,6 +111,7 @@ writer.write_snapshot(
 """
 
 
+@pytest.mark.slow  # spawns processes
 def test_overlapping_append_processes_keep_every_row(engine: sa.Engine) -> None:
     """Two rule runs in processes of their own, appending 60,000 rows each at once."""
     _register(engine)
@@ -268,6 +269,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow  # spawns processes
 def test_admin_actions_complete_while_a_rule_writes(engine: sa.Engine) -> None:
     """Defect 4: a SQLite write held the database's write lock for its whole stream, so
     `keys revoke` waited for it and failed with "database is locked" after 10 s. Now
@@ -315,6 +317,7 @@ def test_admin_actions_complete_while_a_rule_writes(engine: sa.Engine) -> None:
     assert latest.row_count == 1_500_000
 
 
+@pytest.mark.slow  # spawns processes
 def test_the_next_read_after_a_publish_sees_it(engine: sa.Engine) -> None:
     """A publish by another process is what the very next read in this one returns."""
     _register(engine)

@@ -89,6 +89,7 @@ def write_configs(path: Path, **configs: str) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # spawns processes
 def test_cli_uses_the_store_of_an_environment_cmd(pg, tmp_path):
     """`AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN_CMD` is run, and its output is the store."""
     schema, url = pg
@@ -101,6 +102,7 @@ def test_cli_uses_the_store_of_an_environment_cmd(pg, tmp_path):
     assert not (home / "nx1_connect.db").exists()  # not the silent SQLite fallback
 
 
+@pytest.mark.slow  # spawns processes
 def test_cli_uses_the_store_of_a_secret_in_airflow_cfg(pg, tmp_path):
     """`sql_alchemy_conn_secret` in airflow.cfg, looked up in the `[secrets]` backend there."""
     schema, url = pg
@@ -120,12 +122,14 @@ def test_cli_uses_the_store_of_a_secret_in_airflow_cfg(pg, tmp_path):
     assert not (home / "nx1_connect.db").exists()
 
 
+@pytest.mark.slow  # spawns processes
 def test_airflow_config_get_value_shows_the_resolved_default(tmp_path):
     home = tmp_path / "home"
     res = run(AIRFLOW, "config", "get-value", SECTION, "sql_alchemy_conn", env=subprocess_env(home))
     assert res.stdout.strip() == f"sqlite:///{home}/nx1_connect.db"
 
 
+@pytest.mark.slow  # spawns processes
 def test_plain_values_do_not_import_airflow(tmp_path):
     """Environment and a plain airflow.cfg are read without importing Airflow (seconds)."""
     home = tmp_path / "home"
@@ -255,6 +259,7 @@ def test_without_airflow_a_cmd_is_an_error_not_the_default(clean_env, tmp_path, 
         get_settings()
 
 
+@pytest.mark.slow  # spawns processes
 def test_airflow_treats_the_store_url_and_rate_limit_storage_as_sensitive(tmp_path):
     from airflow.configuration import AIRFLOW_HOME, AirflowConfigParser
 

@@ -3,11 +3,11 @@
 `Deployment` is what every process shares: a fresh PostgreSQL database (Airflow's metadata,
 the Celery result backend, and the snapshot store in its schema `nx1`), a Redis database of its
 own as the Celery broker, an AIRFLOW_HOME, a DAGs folder and the environment of every Airflow
-process (the README's "Production" settings). `Processes` starts Airflow's long-running
+process (the settings of docs/production.md). `Processes` starts Airflow's long-running
 processes (scheduler, dag-processor, `airflow celery worker`), each in its own process group
 with its own log, and stops every one of them, even when a test fails.
 
-The settings differ from the README's only where a test needs them to: free ports, a low
+The settings differ from docs/production.md's only where a test needs them to: free ports, a low
 `[scheduler] task_instance_heartbeat_timeout` (a killed worker's task is retried within
 seconds, not minutes), `[scheduler] use_job_schedule = False` (only triggered runs) and a
 long `[dag_processor] min_file_process_interval` (less CPU on a small shared machine).

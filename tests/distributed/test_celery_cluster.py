@@ -1,4 +1,4 @@
-"""The README's production deployment, run for real on this machine.
+"""The production deployment of docs/production.md, run for real on this machine.
 
 One cluster for the module, every process on free ports: PostgreSQL as Airflow's metadata
 database, the Celery result backend and the snapshot store (a fresh database, dropped after),
@@ -61,7 +61,7 @@ FIRST_ROWS = 20_000  # the large DAG's first run (its `rows` param's default)
 LARGE_ROWS = 3_000_000  # the run whose worker is killed mid-write, then retried
 KILL_AFTER_ROWS = 200_000  # rows already sent by COPY when the worker is killed
 MOUNTS = ("/nx1/api/v1", "/pluginsv2/nx1/api/v1")
-# The README's "Production" commands, as this module runs them.
+# docs/production.md's commands, as this module runs them.
 MIGRATE = (("airflow", "db", "migrate"), ("nx1-connect", "db", "migrate"))
 SCHEDULER = ("airflow", "scheduler")
 DAG_PROCESSOR = ("airflow", "dag-processor")
@@ -588,10 +588,10 @@ def test_worker_killed_mid_write_keeps_serving_and_the_retry_publishes(
     assert json.loads(body)["data"]["data"] == [[LARGE_ROWS, f"row {LARGE_ROWS}"]]
 
 
-def test_the_readme_production_section_is_this_deployment() -> None:
-    """The README's "Production" settings and commands are the ones this module uses."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Production\n", 1)[1].split("\n## ", 1)[0]
+def test_the_production_page_is_this_deployment() -> None:
+    """docs/production.md's deployment settings and commands are the ones this module uses."""
+    text = (ROOT / "docs" / "production.md").read_text(encoding="utf-8")
+    section = text.split("\n## Configuration", 1)[0]
     exported = set(re.findall(r"^export (AIRFLOW\w*)=", section, re.MULTILINE))
     assert len(exported) >= 10, exported
     used = set(settings(Path("/h"), Path("/d"), "db", 8080, {"AIRFLOW_CONN_RETAIL": "x"}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sqlite3
 import textwrap
 import uuid
@@ -154,3 +155,78 @@ def pg_exec(schema: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(PG_URL, options=f"-csearch_path={schema}", autocommit=True) as conn:
         cur = conn.execute(sql)
         return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+
+#: The MariaDB / MySQL source of the MySQL tests (NX1_TEST_MYSQL_* override it).
+MYSQL_CONN = "nx1_src_mysql"
+MYSQL = {
+    "host": os.environ.get("NX1_TEST_MYSQL_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("NX1_TEST_MYSQL_PORT", "3306")),
+    "user": os.environ.get("NX1_TEST_MYSQL_USER", "root"),
+    "password": os.environ.get("NX1_TEST_MYSQL_PASSWORD", ""),
+    "database": os.environ.get("NX1_TEST_MYSQL_DB", "test"),
+}
+
+
+def my_connect(**kwargs: Any) -> Any:
+    """A mysql-connector-python connection to the test MariaDB (MYSQL)."""
+    import mysql.connector
+
+    return mysql.connector.connect(**MYSQL, **kwargs)
+
+
+def my_exec(*statements: str) -> list[tuple[Any, ...]]:
+    """Run statements on the source directly (autocommit); the last one's rows, if any."""
+    conn = my_connect(autocommit=True)
+    try:
+        cur = conn.cursor()
+        rows: list[tuple[Any, ...]] = []
+        for sql in statements:
+            cur.execute(sql)
+            rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+        return rows
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mysql_source(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Connection `nx1_src_mysql` to MariaDB's `test` database; yields a unique name prefix.
+
+    Every table, view, function and sequence whose name starts with the prefix is dropped
+    afterwards.
+    """
+    prefix = f"nx1_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{MYSQL_CONN.upper()}",
+        json.dumps(
+            {
+                "conn_type": "mysql",
+                "host": MYSQL["host"],
+                "port": MYSQL["port"],
+                "login": MYSQL["user"],
+                "password": MYSQL["password"],
+                "schema": MYSQL["database"],
+                "extra": {"client": "mysql-connector-python"},
+            }
+        ),
+    )
+    try:
+        yield prefix
+    finally:
+        like = f"'{prefix}%'"
+        db = MYSQL["database"]
+        tables = my_exec(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            f"WHERE table_schema = '{db}' AND table_name LIKE {like}"
+        )
+        routines = my_exec(
+            "SELECT routine_name FROM information_schema.routines "
+            f"WHERE routine_schema = '{db}' AND routine_name LIKE {like}"
+        )
+        drops = [f"DROP FUNCTION IF EXISTS `{name}`" for (name,) in routines]
+        for name, kind in tables:
+            what = {"SEQUENCE": "SEQUENCE", "VIEW": "VIEW"}.get(str(kind), "TABLE")
+            drops.append(f"DROP {what} IF EXISTS `{name}`")
+        if drops:
+            my_exec(*drops)

@@ -10,12 +10,15 @@ import sys
 import textwrap
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import lease, store
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import SnapshotNotFound
 from tests.operators.conftest import SALES, latest_rows, ti_states
+
+pytestmark = pytest.mark.slow  # a rule run in a real subprocess, SIGKILLed
 
 DAG_SOURCE = """
 import pendulum
@@ -27,10 +30,26 @@ with DAG("DAG_ID", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="U
                     sql="SELECT * FROM sales ORDER BY id")
 """
 
-# The same task, run by a separate process on an endless-looking result (100M rows).
+# The same task, run by a separate process on an endless-looking result (100M rows). Its
+# rows written so far go to the file {progress} after each batch, so the test waits for them.
 WRITER = """
+from pathlib import Path
 from types import SimpleNamespace
+from airflow_nx1_connect.core import writer
 from airflow_nx1_connect.operators import AskRuleOperator
+
+write_snapshot = writer.write_snapshot
+
+def counted(*args, batches, **kwargs):
+    def each():
+        rows = 0
+        for batch in batches:
+            yield batch  # resumed once the writer has written this batch
+            rows += len(batch)
+            Path({progress!r}).write_text(str(rows))
+    return write_snapshot(*args, batches=each(), **kwargs)
+
+writer.write_snapshot = counted
 
 op = AskRuleOperator(
     task_id="rule", data_api={name!r}, conn_id="nx1_src_sqlite",
@@ -42,15 +61,17 @@ op.execute({{"ti": ti, "run_id": "doomed", "data_interval_end": None}})
 """
 
 
-def _wait_for_writing(engine, name, proc, timeout=60.0):
+def _wait_for_writing(engine, name, proc, progress, rows=50_000, timeout=60.0):
+    """The `writing` record of the child's run, once it has written `rows` rows into it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         writing = snaps.list_snapshots(engine, name, statuses=("writing",))
-        if writing:
+        written = int(progress.read_text() or 0) if progress.exists() else 0
+        if writing and written >= rows:
             return writing[0]
         time.sleep(0.1)
-    raise AssertionError("the writer never started writing")
+    raise AssertionError(f"the writer never got {rows} rows into a `writing` snapshot")
 
 
 def _snapshot_tables(engine):
@@ -58,22 +79,23 @@ def _snapshot_tables(engine):
 
 
 def test_sigkill_mid_write_keeps_previous_snapshot_and_next_run_cleans_up(
-    engine, sqlite_source, make_dag
+    engine, sqlite_source, make_dag, tmp_path
 ):
     name = f"killed_{engine.dialect.name[:2]}"
     dag = make_dag(DAG_SOURCE.format(name=name))
     assert ti_states(dag.test()) == {"rule": "success"}
     first = snaps.latest_snapshot(engine, name)
 
+    progress = tmp_path / "rows"
+    script = WRITER.format(name=name, dag_id=dag.dag_id, progress=str(progress))
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WRITER.format(name=name, dag_id=dag.dag_id))],
+        [sys.executable, "-c", textwrap.dedent(script)],
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        doomed = _wait_for_writing(engine, name, proc)
-        time.sleep(1.5)  # rows are streaming into the half snapshot now
+        doomed = _wait_for_writing(engine, name, proc, progress)  # rows are streaming in
         assert proc.poll() is None, "the writer finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

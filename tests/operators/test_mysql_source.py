@@ -15,10 +15,6 @@ driver errors are classified as the SQL's fault or as retryable.
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -27,80 +23,9 @@ import pytest
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.operators import sources
 from airflow_nx1_connect.operators.rules import FETCH_SIZE
-from tests.operators.conftest import latest_rows, ti_states
+from tests.operators.conftest import MYSQL, MYSQL_CONN, latest_rows, my_connect, my_exec, ti_states
 
-MYSQL_CONN = "nx1_src_mysql"
-MYSQL = {
-    "host": os.environ.get("NX1_TEST_MYSQL_HOST", "127.0.0.1"),
-    "port": int(os.environ.get("NX1_TEST_MYSQL_PORT", "3306")),
-    "user": os.environ.get("NX1_TEST_MYSQL_USER", "root"),
-    "password": os.environ.get("NX1_TEST_MYSQL_PASSWORD", ""),
-    "database": os.environ.get("NX1_TEST_MYSQL_DB", "test"),
-}
 ROWS = 25_000
-
-
-def _connect(**kwargs: Any) -> Any:
-    import mysql.connector
-
-    return mysql.connector.connect(**MYSQL, **kwargs)
-
-
-def my_exec(*statements: str) -> list[tuple[Any, ...]]:
-    """Run statements on the source directly (autocommit); the last one's rows, if any."""
-    conn = _connect(autocommit=True)
-    try:
-        cur = conn.cursor()
-        rows: list[tuple[Any, ...]] = []
-        for sql in statements:
-            cur.execute(sql)
-            rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
-        return rows
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def mysql_source(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Connection `nx1_src_mysql` to MariaDB's `test` database; yields a unique name prefix.
-
-    Every table, view, function and sequence whose name starts with the prefix is dropped
-    afterwards.
-    """
-    prefix = f"nx1_{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{MYSQL_CONN.upper()}",
-        json.dumps(
-            {
-                "conn_type": "mysql",
-                "host": MYSQL["host"],
-                "port": MYSQL["port"],
-                "login": MYSQL["user"],
-                "password": MYSQL["password"],
-                "schema": MYSQL["database"],
-                "extra": {"client": "mysql-connector-python"},
-            }
-        ),
-    )
-    try:
-        yield prefix
-    finally:
-        like = f"'{prefix}%'"
-        db = MYSQL["database"]
-        tables = my_exec(
-            "SELECT table_name, table_type FROM information_schema.tables "
-            f"WHERE table_schema = '{db}' AND table_name LIKE {like}"
-        )
-        routines = my_exec(
-            "SELECT routine_name FROM information_schema.routines "
-            f"WHERE routine_schema = '{db}' AND routine_name LIKE {like}"
-        )
-        drops = [f"DROP FUNCTION IF EXISTS `{name}`" for (name,) in routines]
-        for name, kind in tables:
-            what = {"SEQUENCE": "SEQUENCE", "VIEW": "VIEW"}.get(str(kind), "TABLE")
-            drops.append(f"DROP {what} IF EXISTS `{name}`")
-        if drops:
-            my_exec(*drops)
 
 
 def _setup(p: str) -> None:
@@ -352,7 +277,7 @@ def test_mysql_driver_errors_classified(mysql_source, driver):
             import pymysql
 
             return pymysql.connect(**MYSQL)
-        return _connect()
+        return my_connect()
 
     def run(sql: str, read_only: bool = False) -> BaseException:
         conn = connect()

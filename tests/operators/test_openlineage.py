@@ -26,9 +26,7 @@ import pytest
 from airflow_nx1_connect.core import engines
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.operators import AskRuleOperator, EngineerRuleOperator
-from tests.operators.conftest import PG_CONN, pg_exec
-from tests.operators.test_mysql_source import MYSQL, MYSQL_CONN, my_exec
-from tests.operators.test_mysql_source import mysql_source as mysql_source  # the fixture
+from tests.operators.conftest import MYSQL, MYSQL_CONN, PG_CONN, my_exec, pg_exec
 
 BIN = Path(sys.executable).parent
 
@@ -133,6 +131,7 @@ def _check_events(
     return top
 
 
+@pytest.mark.slow  # spawns processes
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_airflow_dags_test_emits_lineage(
     engine, store_env, pg_source, mysql_source, airflow_db, tmp_path

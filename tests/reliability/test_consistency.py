@@ -14,8 +14,11 @@ import re
 import threading
 
 import httpx
+import pytest
 
 from airflow_nx1_connect.core import snapshots, writer
+
+pytestmark = pytest.mark.slow  # two real server processes per store
 
 #: Rows of run k are labelled `run<k>-<i>`; the fixture's first snapshot (run 0) `beta-<i>`.
 LABEL = re.compile(r"^(?:run(\d+)|beta)-(\d+)$")

@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow  # two real server processes per store
 
 PARAM_NAMES = ["start", "limit", "columns", "format", "api_key", "token", "x", "START"]
 PATHS = [

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from airflow_nx1_connect.core import keys
 from airflow_nx1_connect.core.store import api_keys
 
+pytestmark = pytest.mark.slow  # two real server processes per store
+
 PATHS = ["{n}", "{n}/latest", "{n}/snapshots", "{n}/snapshots/{sid}"]
 
 

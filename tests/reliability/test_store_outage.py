@@ -33,6 +33,7 @@ def test_outage_is_reported_within_five_seconds_and_recovers(proxied_store, mode
     assert snaps.latest_snapshot(engine, "alerts").row_count == 2
 
 
+@pytest.mark.slow  # a real server process
 @pytest.mark.parametrize("mode", ["refuse", "blackhole"])
 def test_api_answers_503_within_five_seconds_and_recovers_without_restart(
     proxied_store, mode, tmp_path

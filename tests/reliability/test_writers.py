@@ -16,18 +16,25 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import reads, store, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.store import snapshots as snapshots_table
 
+pytestmark = pytest.mark.slow  # writer processes, SIGKILLed
+
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = [snaps.Column("i", "INTEGER"), snaps.Column("tag", "TEXT")]
 
 
-def _writer(url: str, name: str, rows: int, every: int, tag: str) -> subprocess.Popen:
-    return subprocess.Popen(
+def _writer(
+    url: str, name: str, rows: int, every: int, tag: str, tmp_path: Path
+) -> subprocess.Popen:
+    """A writer process; its rows written so far go to the file `proc.progress` names."""
+    progress = tmp_path / f"{tag}.rows"
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -37,12 +44,22 @@ def _writer(url: str, name: str, rows: int, every: int, tag: str) -> subprocess.
             str(rows),
             str(every),
             tag,
+            str(progress),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    proc.progress = progress  # type: ignore[attr-defined]
+    return proc
+
+
+def _rows_written(proc: subprocess.Popen) -> int:
+    try:
+        return int(proc.progress.read_text() or 0)  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        return 0
 
 
 def _served_bytes(engine, name: str) -> tuple[str, bytes]:
@@ -67,20 +84,22 @@ def _records(engine, status: str) -> list[tuple[str, str]]:
         ).all()
 
 
-def _wait_for_writing(engine, proc: subprocess.Popen, timeout: float = 60) -> str:
-    """Wait until the child has a `writing` record and has written rows into its table."""
+def _wait_for_writing(
+    engine, proc: subprocess.Popen, rows: int = 10_000, timeout: float = 60
+) -> str:
+    """Wait until the child has a `writing` record and has written `rows` rows into its
+    table (it reports them after each batch); its record's id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else "writer exited"
         writing = _records(engine, "writing")
-        if writing:
-            time.sleep(0.5)  # let it get well into its rows
+        if writing and _rows_written(proc) >= rows:
             return writing[0][0]
         time.sleep(0.05)
-    raise AssertionError("the writer never started writing")
+    raise AssertionError(f"the writer never got {rows} rows into a `writing` snapshot")
 
 
-def test_killed_writer_leaves_previous_snapshot_served(engine, store_url):
+def test_killed_writer_leaves_previous_snapshot_served(engine, store_url, tmp_path):
     snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
     first = writer.write_snapshot(
         engine, data_api="ledger", columns=COLUMNS, batches=[[(1, "a"), (2, "é'\"")]]
@@ -88,7 +107,7 @@ def test_killed_writer_leaves_previous_snapshot_served(engine, store_url):
     before = _served_bytes(engine, "ledger")
     tables_before = _snap_tables(engine)
 
-    proc = _writer(store_url, "ledger", 5_000_000, 2_000, "killed")
+    proc = _writer(store_url, "ledger", 5_000_000, 2_000, "killed", tmp_path)
     half_id = _wait_for_writing(engine, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -108,9 +127,9 @@ def test_killed_writer_leaves_previous_snapshot_served(engine, store_url):
     assert snaps.latest_snapshot(engine, "ledger").id == nxt.id
 
 
-def test_live_writer_is_not_cleaned_up_by_another_run(engine, store_url):
+def test_live_writer_is_not_cleaned_up_by_another_run(engine, store_url, tmp_path):
     snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
-    proc = _writer(store_url, "ledger", 60_000, 2_000, "slow")
+    proc = _writer(store_url, "ledger", 60_000, 2_000, "slow", tmp_path)
     live_id = _wait_for_writing(engine, proc)
     assert writer.cleanup_abandoned(engine, "ledger") == 0
     assert live_id in {r[0] for r in _records(engine, "writing")}
@@ -119,13 +138,13 @@ def test_live_writer_is_not_cleaned_up_by_another_run(engine, store_url):
     assert out.strip() == live_id
 
 
-def test_concurrent_runs_of_one_data_api_stay_consistent(engine, store_url):
+def test_concurrent_runs_of_one_data_api_stay_consistent(engine, store_url, tmp_path):
     snaps.register_data_api(engine, name="ledger", kind="engineer", dag_id="d", task_id="t")
     for n in range(2):
         writer.write_snapshot(
             engine, data_api="ledger", columns=COLUMNS, batches=[[(n, "seed")]], retention=3
         )
-    procs = [_writer(store_url, "ledger", 30_000, 5_000, f"run{k}") for k in range(2)]
+    procs = [_writer(store_url, "ledger", 30_000, 5_000, f"run{k}", tmp_path) for k in range(2)]
     ids = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)

@@ -4,7 +4,7 @@ revoke it, create a data API, read the audit trail; the view shows no second nav
 One `airflow api-server` per module (fresh AIRFLOW_HOME, `airflow db migrate`, FAB auth
 manager with its default database session backend, an Admin made with `airflow users
 create`). Debian's chromium is driven by Playwright (never `playwright install`). The
-README's screenshots are refreshed with `NX1_UPDATE_SCREENSHOTS=1 make test`.
+screenshots of docs/admin.md are refreshed with `NX1_UPDATE_SCREENSHOTS=1 make test`.
 """
 
 from __future__ import annotations
@@ -24,20 +24,11 @@ import pytest
 from airflow_nx1_connect.core import engines, writer
 from tests.api_server import running_api_server
 from tests.rule_dags import serialize, write_rule_dags
+from tests.web.helpers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-#: Screenshots go to docs/img/ (the README's) only when NX1_UPDATE_SCREENSHOTS=1, so a
+#: Screenshots go to docs/img/ (docs/admin.md's) only when NX1_UPDATE_SCREENSHOTS=1, so a
 #: normal test run leaves the tracked images alone; otherwise to a temporary folder.
 IMG = (
     Path(__file__).resolve().parents[2] / "docs" / "img"

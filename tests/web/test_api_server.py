@@ -6,8 +6,6 @@ manager, one worker), the snapshot store a SQLite file written by the real write
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import os
 import subprocess
 import sys
@@ -18,13 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from airflow_nx1_connect.core import engines, writer
 from tests.api_server import running_api_server
+from tests.web.helpers import MOUNTS, SALES_ROWS, populate_sales_store
 
 pytestmark = pytest.mark.slow
-
-MOUNTS = ("/pluginsv2/nx1/api/v1", "/nx1/api/v1")
-ROWS = 2_500
 
 
 @dataclass
@@ -35,44 +30,12 @@ class Server:
     log: Path
 
 
-def _populate(store_url: str) -> tuple[str, str]:
-    from airflow_nx1_connect.core import keys, store
-    from airflow_nx1_connect.core import snapshots as snaps
-
-    engine = engines.create_store_engine(store_url)
-    try:
-        store.migrate(engine)
-        snaps.register_data_api(
-            engine, name="sales", kind="ask", description="Sales", dag_id="d", task_id="t"
-        )
-        snap = writer.write_snapshot(
-            engine,
-            data_api="sales",
-            columns=[
-                snaps.Column("id", "INTEGER"),
-                snaps.Column("name", "TEXT"),
-                snaps.Column("amount", "NUMERIC"),
-                snaps.Column("day", "DATE"),
-            ],
-            batches=[
-                [
-                    (i, f'Crème {i}, "q"', decimal.Decimal(i) / 8, dt.date(2026, 1, 1))
-                    for i in range(1, ROWS + 1)
-                ]
-            ],
-        )
-        secret = keys.create_key(engine, data_api="sales", days=7).secret
-    finally:
-        engine.dispose()
-    return secret, snap.id
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running `airflow api-server` with the plugin, stopped after the module."""
     home = tmp_path_factory.mktemp("airflow-home")
     store_url = f"sqlite:///{home / 'nx1_store.db'}"
-    secret, snapshot_id = _populate(store_url)
+    secret, snapshot_id = populate_sales_store(store_url)
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
@@ -122,10 +85,10 @@ def test_both_mounts_stream_csv_and_meta(server: Server) -> None:
         r = httpx.get(f"{server.url}{mount}/data-apis/sales/latest?format=csv", headers=headers)
         assert r.status_code == 200 and r.headers["content-type"] == "text/csv; charset=utf-8"
         lines = r.content.decode().splitlines()
-        assert lines[0] == "id,name,amount,day" and len(lines) == ROWS + 1
+        assert lines[0] == "id,name,amount,day" and len(lines) == SALES_ROWS + 1
         bodies.append(r.content)
         meta = httpx.get(f"{server.url}{mount}/data-apis/sales", headers=headers)
-        assert meta.status_code == 200 and meta.json()["latest_snapshot"]["row_count"] == ROWS
+        assert meta.status_code == 200 and meta.json()["latest_snapshot"]["row_count"] == SALES_ROWS
         own = httpx.get(
             f"{server.url}{mount}/data-apis/sales/snapshots/{server.snapshot_id}?limit=1",
             headers={**headers, "If-None-Match": r.headers["etag"]},

@@ -22,7 +22,7 @@ from airflow_nx1_connect.core import keys, reads, types, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from tests.web.conftest import BASE, BIG_ROWS, COLUMNS, Adapter, ApiStore, big_rows
-from tests.web.test_rest_api import _next_link, assert_problem, both, key_header
+from tests.web.helpers import assert_problem, both, key_header, next_link
 
 NAMES = [n for n, _ in COLUMNS]
 ROWS = big_rows()
@@ -171,7 +171,7 @@ def test_paging_over_filtered_sorted_result(adapters: list[Adapter], api_store: 
             data = answer.json()["data"]
             starts.append(data["start"])
             got.extend(r[0] for r in data["data"])
-            url = _next_link(answer)
+            url = next_link(answer)
             assert url == data["next_url"]
             assert (data["next_start"] is None) == (url is None)
         assert got == expected
@@ -343,7 +343,7 @@ def test_paging_latest_is_pinned_across_a_publish(
         assert body["snapshot"]["id"] == first.id
         assert answer.headers["x-nx1-snapshot-id"] == first.id
         ids.extend(r[0] for r in body["data"]["data"])
-        url = _next_link(answer)
+        url = next_link(answer)
         if url is not None:
             assert url.startswith(f"{BASE}/data-apis/{name}/snapshots/{first.id}?")
             assert body["data"]["next_url"] == url

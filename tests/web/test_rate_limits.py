@@ -223,7 +223,7 @@ def test_counts_of_a_deleted_key_are_dropped_at_flush(api_store, adapters):
 
 
 def test_keys_list_shows_usage(api_store, adapters, monkeypatch):
-    from tests.test_cli import ok
+    from tests.helpers import ok
 
     key_id, secret = _key(api_store, 7)
     for adapter in adapters:
@@ -258,6 +258,7 @@ def redis_db() -> Iterator[str]:
         client.close()
 
 
+@pytest.mark.slow  # spawns processes
 def test_redis_storage_shares_one_limit_between_two_servers(
     api_store, redis_db, monkeypatch, tmp_path: Path
 ):

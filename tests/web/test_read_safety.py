@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from airflow_nx1_connect.core.store import quote
 from tests.conftest import pg_admin_url
 from tests.web.conftest import BASE, Adapter, ApiStore
-from tests.web.test_rest_api import both, key_header
+from tests.web.helpers import both, key_header
 
 PROBLEM = "application/problem+json"
 

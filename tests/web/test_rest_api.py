@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import hypothesis
 import pytest
@@ -37,56 +36,17 @@ from tests.web.conftest import (
     fastapi_adapter,
     flask_adapter,
 )
-
-#: Headers that must be identical between the adapters.
-COMPARED = (
-    "content-type",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "vary",
-    "link",
-    "www-authenticate",
-    "allow",
-    "retry-after",
+from tests.web.helpers import (
+    IMMUTABLE,
+    PROBLEM,
+    assert_problem,
+    both,
+    key_header,
+    next_link,
 )
-IMMUTABLE = "private, max-age=31536000, immutable"
-PROBLEM = "application/problem+json"
+
 NAMES = [n for n, _ in COLUMNS]
 TYPES = [t for _, t in COLUMNS]
-
-
-def both(
-    adapters: list[Adapter],
-    path: str,
-    headers: dict[str, str] | None = None,
-    method: str = "GET",
-) -> Answer:
-    """Send one request to both adapters; they must answer alike. Returns the answer."""
-    answers = [a.request(method, path, headers) for a in adapters]
-    first, second = answers
-    assert first.status == second.status, (path, first.status, second.status, second.body)
-    for name in COMPARED:
-        assert first.headers.get(name) == second.headers.get(name), (path, name)
-    assert first.body == second.body, path
-    return first
-
-
-def key_header(api_store: ApiStore, role: str, how: str = "x-api-key") -> dict[str, str]:
-    secret = api_store.keys[role]
-    if how == "bearer":
-        return {"Authorization": f"Bearer {secret}"}
-    return {"X-API-Key": secret}
-
-
-def assert_problem(answer: Answer, status: int) -> dict[str, Any]:
-    assert answer.status == status
-    assert answer.headers["content-type"] == PROBLEM
-    body = answer.json()
-    assert set(body) == {"type", "title", "status", "detail"}
-    assert body["status"] == status
-    assert all(isinstance(body[k], str) and body[k] for k in ("type", "title", "detail"))
-    return body
 
 
 # ---------------------------------------------------------------------------------------
@@ -469,17 +429,6 @@ def test_rows_body_and_round_trip(adapters: list[Adapter], api_store: ApiStore) 
     assert old["data"]["next_start"] is None and old["snapshot"]["run_id"] == "run_old"
 
 
-def _next_link(answer: Answer) -> str | None:
-    link = answer.headers.get("link")
-    if link is None:
-        return None
-    match = re.fullmatch(r'<([^>]+)>; rel="next"', link)
-    assert match, link
-    url = urlsplit(match.group(1))
-    assert (url.scheme, url.netloc) == ("", "")  # path-absolute: never the request's Host
-    return f"{url.path}?{url.query}"
-
-
 def test_paging_json_by_next_start_and_link(adapters: list[Adapter], api_store: ApiStore) -> None:
     """5,003 rows in default pages by next_start, and again by following Link headers."""
     headers = key_header(api_store, "sales")
@@ -492,7 +441,7 @@ def test_paging_json_by_next_start_and_link(adapters: list[Adapter], api_store: 
         data = answer.json()["data"]
         assert data["start"] == start and data["row_count"] == len(data["data"]) <= 1000
         got.extend(data["data"])
-        link = _next_link(answer)
+        link = next_link(answer)
         if data["next_start"] is None:
             assert link is None
         else:
@@ -511,7 +460,7 @@ def test_paging_json_by_next_start_and_link(adapters: list[Adapter], api_store: 
         page = answer.json()["data"]
         assert page["columns"] == ["score", "id"] and page["column_types"] == ["REAL", "INTEGER"]
         ids.extend(row[1] for row in page["data"])
-        url = _next_link(answer)
+        url = next_link(answer)
         if url:
             assert "columns=score%2Cid" in url and "limit=777" in url
     assert ids == list(range(101, BIG_ROWS + 1))
@@ -530,7 +479,7 @@ def test_paging_csv_ndjson_by_link(fmt: str, adapters: list[Adapter], api_store:
             ids.extend(int(r[0]) for r in rows[1:])
         else:
             ids.extend(json.loads(line)["id"] for line in answer.body.splitlines())
-        url = _next_link(answer)
+        url = next_link(answer)
     assert ids == list(range(1, BIG_ROWS + 1))
 
 

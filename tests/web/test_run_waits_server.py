@@ -31,7 +31,7 @@ from tests.api_server import (
     running_airflow_components,
     running_api_server,
 )
-from tests.web.test_api_server import MOUNTS
+from tests.web.helpers import MOUNTS
 
 pytestmark = pytest.mark.slow
 

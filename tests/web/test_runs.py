@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.web.conftest import BASE, Adapter, ApiStore
-from tests.web.test_rest_api import assert_problem, both
+from tests.web.helpers import assert_problem, both
 
 
 @pytest.fixture

@@ -651,17 +651,17 @@ def test_finding_7_whole_change_feeds_under_pluginsv2_take_the_streaming_adapter
     FastAPI adapter (one batch at a time), not by Flask behind Starlette's unbounded WSGI
     buffer; a page of changes still goes to Flask. The bytes match /nx1's."""
     from airflow_nx1_connect.web.streams import WholeSnapshotStreams
-    from tests.web.test_streams import _Behind, _call
+    from tests.web.helpers import AsgiBehind, call_asgi
 
     changes = "/pluginsv2/nx1/api/v1/data-apis/weekly_top_product/changes"
-    behind = _Behind()
+    behind = AsgiBehind()
     app = WholeSnapshotStreams(behind)
     for query in ("since=x&format=csv", "since=x&format=ndjson", "since=x&format=arrow"):
-        status, headers, _body = _call(app, "GET", changes, query)
+        status, headers, _body = call_asgi(app, "GET", changes, query)
         assert (status, headers["content-type"]) == (401, PROBLEM), query  # the adapter's
     assert behind.paths == []
-    assert _call(app, "GET", changes, "since=x&format=csv&limit=5")[0] == 299
-    assert _call(app, "GET", changes, "since=x")[0] == 299  # JSON: always a page
+    assert call_asgi(app, "GET", changes, "since=x&format=csv&limit=5")[0] == 299
+    assert call_asgi(app, "GET", changes, "since=x")[0] == 299  # JSON: always a page
     assert behind.paths == [changes, changes]
     # Through the real server, both mounts stream the same feed.
     ask = {"X-API-Key": airflow.keys["ask"].secret}
@@ -808,7 +808,7 @@ def test_finding_5_links_use_airflows_base_url_when_set(
 ) -> None:
     """`[api] base_url` (read when a link is built) is the links' root; without it they are
     path-absolute. The request's Host never shows."""
-    from tests.web.test_rest_api import both
+    from tests.web.helpers import both
 
     if base_url is None:
         monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
@@ -841,7 +841,7 @@ def test_finding_8_csv_formula_cells_are_escaped_only_when_asked(
 
     import pyarrow as pa
 
-    from tests.web.test_rest_api import both
+    from tests.web.helpers import both
 
     if escape is None:
         monkeypatch.delenv("AIRFLOW__NX1_CONNECT__CSV_ESCAPE_FORMULAS", raising=False)

@@ -28,7 +28,7 @@ import pyarrow.parquet
 import pytest
 
 from tests.api_server import api_server_env, migrate_airflow, running_api_server
-from tests.web.test_api_server import MOUNTS
+from tests.web.helpers import MOUNTS
 
 pytestmark = pytest.mark.slow
 

@@ -9,12 +9,10 @@ are compared in `test_transfer_server`; the memory it saves is benchmark M1
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import pytest
 
 from airflow_nx1_connect.web.streams import WholeSnapshotStreams, streams_whole_snapshot
+from tests.web.helpers import AsgiBehind, call_asgi
 
 BASE = "/pluginsv2/nx1/api/v1/data-apis/sales"
 
@@ -46,55 +44,13 @@ def test_which_requests_are_taken(
     assert streams_whole_snapshot(path, query.encode(), headers) is taken
 
 
-class _Behind:
-    """The app behind the middleware: answers 299 and records what it got."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        self.paths.append(scope["path"])
-        await send({"type": "http.response.start", "status": 299, "headers": []})
-        await send({"type": "http.response.body", "body": b"behind"})
-
-
-def _call(app: Any, method: str, path: str, query: str) -> tuple[int, dict[str, str], bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query.encode(),
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], headers, body
-
-
 def test_streams_go_to_the_fastapi_adapter_and_the_rest_behind(store_env: str) -> None:
-    behind = _Behind()
+    behind = AsgiBehind()
     app = WholeSnapshotStreams(behind)
 
     # A whole-snapshot stream: answered by the plugin's FastAPI app (here: no key, so its
     # problem answer), never by the app behind.
-    status, headers, body = _call(app, "GET", f"{BASE}/latest", "format=csv")
+    status, headers, body = call_asgi(app, "GET", f"{BASE}/latest", "format=csv")
     assert (status, headers["content-type"]) == (401, "application/problem+json")
     assert b"X-API-Key" in body
     assert behind.paths == []
@@ -106,7 +62,7 @@ def test_streams_go_to_the_fastapi_adapter_and_the_rest_behind(store_env: str) -
         ("GET", "/pluginsv2/nx1connect/keys", ""),
         ("POST", f"{BASE}/latest", "format=csv"),
     ]:
-        assert _call(app, method, path, query)[0] == 299
+        assert call_asgi(app, method, path, query)[0] == 299
     assert behind.paths == [
         f"{BASE}/latest",
         f"{BASE}/latest",

@@ -22,8 +22,7 @@ import pyarrow.ipc
 import pytest
 
 from tests.api_server import free_port, running_api_server
-from tests.web.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.web.test_api_server import MOUNTS, ROWS, _populate
+from tests.web.helpers import CHROMIUM, CHROMIUM_ARGS, MOUNTS, SALES_ROWS, populate_sales_store
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,7 @@ def _page_server() -> tuple[http.server.ThreadingHTTPServer, str]:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     home = tmp_path_factory.mktemp("airflow-home-transfer")
     store_url = f"sqlite:///{home / 'nx1_store.db'}"
-    secret, _ = _populate(store_url)
+    secret, _ = populate_sales_store(store_url)
     allowed_server, allowed = _page_server()
     refused_server, refused = _page_server()
     env = {
@@ -157,7 +156,7 @@ def test_gzip_streams_on_both_mounts(fmt: str, setup: Setup) -> None:
     assert answers[0].content == answers[1].content
     assert answers[0].headers["etag"] == answers[1].headers["etag"]
     lines = answers[0].content.decode().splitlines()
-    assert len(lines) == ROWS + (1 if fmt == "csv" else 0)
+    assert len(lines) == SALES_ROWS + (1 if fmt == "csv" else 0)
 
 
 def test_arrow_whole_snapshot_on_both_mounts(setup: Setup) -> None:
@@ -173,5 +172,5 @@ def test_arrow_whole_snapshot_on_both_mounts(setup: Setup) -> None:
         bodies.append(r.content)
     assert bodies[0] == bodies[1]
     table = pyarrow.ipc.open_stream(bodies[0]).read_all()
-    assert table.num_rows == ROWS
-    assert table.column("id").to_pylist() == list(range(1, ROWS + 1))
+    assert table.num_rows == SALES_ROWS
+    assert table.column("id").to_pylist() == list(range(1, SALES_ROWS + 1))
