@@ -152,7 +152,9 @@ def _normalize(
                 field="columns",
             )
         if len(set(names)) != len(names):
-            raise ValidationError("A column is named twice in the column allowlist.", field="columns")
+            raise ValidationError(
+                "A column is named twice in the column allowlist.", field="columns"
+            )
         if len(names) > MAX_COLUMNS:
             raise ValidationError(
                 f"The column allowlist names at most {MAX_COLUMNS} columns.", field="columns"
@@ -199,7 +201,9 @@ def validate_policy(
             check_query(latest, RowsQuery(filters=(f,)), engine.dialect.name)
         except ValidationError as exc:
             detail = str(exc).replace("where.", "").replace("this snapshot", repr(data_api))
-            raise ValidationError(f"Row filter term {term!r}: {detail}", field="row_filter") from None
+            raise ValidationError(
+                f"Row filter term {term!r}: {detail}", field="row_filter"
+            ) from None
     return policy
 
 

@@ -38,6 +38,7 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from airflow_nx1_connect.core.policy import PolicyNotApplicable
 from airflow_nx1_connect.core.ratelimit import headers as rate_limit_headers
 from airflow_nx1_connect.core.serving import compression
 
@@ -293,6 +294,10 @@ def problem_for(exc: BaseException) -> Response:
         return problem(403, "forbidden", "Permission denied", str(exc))
     if isinstance(exc, Conflict):
         return problem(409, "conflict", "Conflict", str(exc))
+    if isinstance(exc, PolicyNotApplicable):
+        return problem(
+            403, "policy-not-applicable", "Key's policy does not fit this snapshot", str(exc)
+        )
     if isinstance(exc, Forbidden):
         return problem(
             403,
