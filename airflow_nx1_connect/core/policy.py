@@ -28,6 +28,7 @@ snapshot (e.g. a per-data-API OpenAPI document).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -66,9 +67,9 @@ class KeyPolicy:
         """True when the key sees every row and every column."""
         return not self.row_filter and self.columns is None
 
-    @property
+    @functools.cached_property
     def filters(self) -> tuple[Filter, ...]:
-        """The row filter's terms, parsed (they were checked when the key was made)."""
+        """The row filter's terms, parsed once (they were checked when the key was made)."""
         return tuple(parse_term(t) for t in self.row_filter)
 
     def named_columns(self) -> list[str]:
