@@ -344,17 +344,35 @@ def keys() -> None:
     help="Requests per minute this key may make (0 = no limit; default: "
     "[nx1_connect] default_rate_limit).",
 )
+@click.option(
+    "--where",
+    "row_filter",
+    multiple=True,
+    metavar="TERM",
+    help="Row filter: the key reads only rows matching TERM, <column>=<op>.<value> as in the "
+    "API's where. parameters (e.g. 'region=eq.EU'); repeat to AND several.",
+)
+@click.option(
+    "--columns",
+    metavar="A,B",
+    help="Column allowlist: the key sees only these columns (comma list; default: all).",
+)
 def keys_create(
     data_api: str,
     days: str,
     description: str | None,
     scopes: tuple[str, ...],
     rate_limit: str | None,
+    row_filter: tuple[str, ...],
+    columns: str | None,
 ) -> None:
     """Create a key for one data API and print it on stdout, this once.
 
     The key alone goes to stdout (e.g. KEY=$(nx1-connect keys create ...)); its id,
     prefix and expiry go to stderr. Only a hash is stored: the key cannot be shown again.
+    With --where and --columns the key is held to those rows and columns in every answer
+    (fixed now, kept by a rotation); they are checked against the data API's latest
+    snapshot.
     """
     from airflow_nx1_connect.core import control
     from airflow_nx1_connect.core import keys as core_keys
@@ -366,6 +384,8 @@ def keys_create(
         description=description,
         scopes=scopes,
         rate_limit=core_keys.validate_rate_limit(rate_limit),
+        row_filter=row_filter,
+        columns=columns,
         actor=_actor(),
     )
     click.echo(created.secret)
@@ -382,8 +402,9 @@ def keys_create(
 @json_option
 def keys_list(data_api: str | None, as_json: bool) -> None:
     """List keys: id, prefix, data API, description, created, expires, last used, status,
-    scopes, rate limit (requests per minute; - = the default) and usage (requests today /
-    in the last 7 days / in all; UTC days, flushed by the servers every few seconds).
+    scopes, rate limit (requests per minute; - = the default), usage (requests today /
+    in the last 7 days / in all; UTC days, flushed by the servers every few seconds) and
+    policy (the key's row filter and column allowlist; - = every row and column).
 
     Never shows a key or its hash.
     """
@@ -400,13 +421,30 @@ def keys_list(data_api: str | None, as_json: bool) -> None:
         return
     fields = ["key_id", "prefix", "data_api", "description", "created", "expires", "last_used"]
     _print_table(
-        [f.replace("_", " ").upper() for f in fields] + ["STATUS", "SCOPES", "RATE LIMIT", "USAGE"],
+        [f.replace("_", " ").upper() for f in fields]
+        + ["STATUS", "SCOPES", "RATE LIMIT", "USAGE", "POLICY"],
         [
             [i[f] for f in fields]
-            + [i["status"], ",".join(i["scopes"]), i["rate_limit"], _usage_cell(i["usage"])]
+            + [
+                i["status"],
+                ",".join(i["scopes"]),
+                i["rate_limit"],
+                _usage_cell(i["usage"]),
+                _policy_cell(i),
+            ]
             for i in items
         ],
     )
+
+
+def _policy_cell(item: dict[str, Any]) -> str:
+    """A key's row filter and column allowlist in a few words ("-": none)."""
+    parts = []
+    if item.get("row_filter"):
+        parts.append("where " + " and ".join(item["row_filter"]))
+    if item.get("columns") is not None:
+        parts.append("columns " + ",".join(item["columns"]))
+    return "; ".join(parts) or "-"
 
 
 def _usage_cell(usage: dict[str, int]) -> str:

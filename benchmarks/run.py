@@ -22,6 +22,7 @@ from typing import Any
 MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks.write_bench", ("W1", "W2", "W3", "W3m")),
     ("benchmarks.serve_bench", ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R9")),
+    ("benchmarks.tenants_bench", ("R8",)),
     ("benchmarks.changes_bench", ("C1",)),
     ("benchmarks.mount_bench", ("M1",)),
     ("benchmarks.large_bench", ("W4", "W5")),

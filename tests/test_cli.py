@@ -100,9 +100,10 @@ def test_key_lifecycle(sales):
     table = ok("keys", "list", "--data-api", "sales").stdout.splitlines()
     assert table[0].split() == [
         "KEY", "ID", "PREFIX", "DATA", "API", "DESCRIPTION", "CREATED", "EXPIRES", "LAST",
-        "USED", "STATUS", "SCOPES", "RATE", "LIMIT", "USAGE",
+        "USED", "STATUS", "SCOPES", "RATE", "LIMIT", "USAGE", "POLICY",
     ]  # fmt: skip
-    assert table[1].split()[-1] == "0/0/0"  # requests today / last 7 days / in all
+    assert table[1].split()[-2] == "0/0/0"  # requests today / last 7 days / in all
+    assert table[1].split()[-1] == "-"  # no row filter, every column
     assert table[1].split()[:3] == [key_id, secret[:12], "sales"]
     assert table[1].index(secret[:12]) == table[0].index("PREFIX")  # aligned columns
     assert json.loads(ok("keys", "list", "--data-api", "ops", "--json").stdout) == []

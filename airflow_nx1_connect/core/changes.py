@@ -15,12 +15,15 @@ them into Python:
 3. the order is deterministic, so `start` pages are stable: deletes first, in the `since`
    snapshot's row order, then inserts and updates in the `to` snapshot's row order.
 
-Identifiers are quoted, values (offsets, limits) bound. A whole feed is read with one
+For a key with a policy (`scoped`), each side is read through the key's row filter and the
+difference is over the key's allowed columns only. Identifiers are quoted, values (offsets,
+limits, filter values) bound. A whole feed is read with one
 streamed query (`iter_changes`: a server-side cursor on PostgreSQL), in constant memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +31,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_nx1_connect.core import policy as policies
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.engines import read_deadline
 from airflow_nx1_connect.core.errors import SnapshotGone, SnapshotNotFound, ValidationError
+from airflow_nx1_connect.core.policy import KeyPolicy
+from airflow_nx1_connect.core.reads import Filter, filter_clause
 from airflow_nx1_connect.core.snapshots import Snapshot, use_bind
 from airflow_nx1_connect.core.store import BATCH_SIZE, ROW_COLUMN, quote, retired_snapshots
 from airflow_nx1_connect.core.types import Column
@@ -59,6 +65,10 @@ class FeedSpan:
     since: Snapshot
     to: Snapshot
     key_columns: list[str]
+    #: A key's view (`scoped`): the columns the difference is over (None: every column),
+    #: and the row filter each side is read through.
+    diff_columns: list[str] | None = None
+    filters: tuple[Filter, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -66,17 +76,46 @@ class FeedSpan:
         return self.since.id == self.to.id
 
 
-def resolve(bind: Engine | Connection, name: str, since: str, to: str | None) -> FeedSpan:
+def resolve(
+    bind: Engine | Connection,
+    name: str,
+    since: str,
+    to: str | None,
+    policy: KeyPolicy = policies.NO_POLICY,
+) -> FeedSpan:
     """The feed from snapshot `since` to snapshot `to` (default: the latest) of `name`.
 
     SnapshotNotFound for an id that never was a snapshot of this data API; SnapshotGone
     for one dropped by retention, or when the two snapshots' columns or key columns differ
-    (a feed cannot span a change of shape): the app resyncs from `latest`.
+    (a feed cannot span a change of shape): the app resyncs from `latest`. For a key with
+    a `policy`, the feed is `scoped` to it: PolicyNotApplicable (403) first when either
+    snapshot does not fit it, and a SnapshotGone names only the columns the key may see.
     """
     with use_bind(bind) as conn:
         latest = snaps.latest_snapshot(conn, name)
         to_snap = latest if to is None or to == latest.id else _retained(conn, name, to)
         since_snap = to_snap if since == to_snap.id else _retained(conn, name, since)
+    if not policy.empty:
+        dialect = bind.dialect.name
+        resolve_shapes(
+            name,
+            policies.view(policy, since_snap, dialect).visible,
+            policies.view(policy, to_snap, dialect).visible,
+        )
+        if since_snap.key_columns != to_snap.key_columns:
+            raise SnapshotGone(
+                f"The key columns of {name!r} changed between snapshot {since_snap.id} and "
+                f"{to_snap.id}, so no change feed spans them. Resync: read "
+                f"/data-apis/{name}/latest in full, then ask for changes since its snapshot id."
+            )
+        span = FeedSpan(name, since_snap, to_snap, list(to_snap.key_columns))
+        return scoped(span, policy, dialect)
+    return resolve_shapes(name, since_snap, to_snap)
+
+
+def resolve_shapes(name: str, since_snap: Snapshot, to_snap: Snapshot) -> FeedSpan:
+    """The span between two snapshots, or SnapshotGone when their columns or key columns
+    differ (the messages name the columns of the snapshots as given)."""
     if (since_snap.columns, since_snap.column_types) != (to_snap.columns, to_snap.column_types):
         raise SnapshotGone(
             f"The columns of {name!r} changed between snapshot {since_snap.id} "
@@ -115,6 +154,22 @@ def _retained(conn: Connection, name: str, snapshot_id: str) -> Snapshot:
         ) from None
 
 
+def scoped(span: FeedSpan, policy: KeyPolicy, dialect: str) -> FeedSpan:
+    """The feed between a key's views of the two snapshots (`core.policy`): each side
+    read through the key's row filter, compared on the allowed columns only. A row that
+    leaves the filter is a `delete`, one that enters it an `insert`; a change only in
+    hidden columns is none. Rows pair into `update`s only when every key column is
+    visible. PolicyNotApplicable (403) when either snapshot does not fit the policy."""
+    if policy.empty:
+        return span
+    policies.view(policy, span.since, dialect)
+    visible = policies.view(policy, span.to, dialect).visible
+    keys = span.key_columns if all(k in visible.columns for k in span.key_columns) else []
+    return dataclasses.replace(
+        span, key_columns=keys, diff_columns=list(visible.columns), filters=policy.filters
+    )
+
+
 def feed_columns(span: FeedSpan, wanted: Sequence[str] | None = None) -> list[Column]:
     """The feed's columns: `_op` (TEXT), then the snapshot's columns (or the subset `wanted`)."""
     if wanted and OP_COLUMN in wanted:
@@ -122,7 +177,27 @@ def feed_columns(span: FeedSpan, wanted: Sequence[str] | None = None) -> list[Co
             f"{OP_COLUMN} always comes first in a change feed; leave it out of columns.",
             field="columns",
         )
-    return [Column(OP_COLUMN, "TEXT"), *snaps.resolve_columns(span.to, wanted)]
+    to = span.to
+    if span.diff_columns is not None:  # a key's view: the other columns are unknown
+        types = dict(zip(to.columns, to.column_types, strict=True))
+        to = dataclasses.replace(
+            to, columns=span.diff_columns, column_types=[types[c] for c in span.diff_columns]
+        )
+    return [Column(OP_COLUMN, "TEXT"), *snaps.resolve_columns(to, wanted)]
+
+
+def _side_filter(bind: Engine | Connection, span: FeedSpan, snapshot: Snapshot) -> str:
+    """` WHERE <the key's row filter>` on `snapshot`'s table ("" without one)."""
+    if not span.filters:
+        return ""
+    sql, _ = filter_clause(bind.dialect, snapshot, span.filters)
+    return f" WHERE {sql}"
+
+
+def _filter_params(bind: Engine | Connection, span: FeedSpan) -> dict[str, Any]:
+    if not span.filters:
+        return {}
+    return filter_clause(bind.dialect, span.to, span.filters)[1]
 
 
 def changes_sql(bind: Engine | Connection, span: FeedSpan, columns: Sequence[Column]) -> str:
@@ -135,7 +210,7 @@ def changes_sql(bind: Engine | Connection, span: FeedSpan, columns: Sequence[Col
     def q(name: str) -> str:
         return quote(bind, name)
 
-    every = [q(c) for c in span.to.columns]
+    every = [q(c) for c in (span.to.columns if span.diff_columns is None else span.diff_columns)]
     cols = ", ".join(every)
     keys = [q(k) for k in span.key_columns]
     row = q(ROW_COLUMN)
@@ -145,8 +220,10 @@ def changes_sql(bind: Engine | Connection, span: FeedSpan, columns: Sequence[Col
     group = f" GROUP BY {cols}" if cols else ""
     sql = (
         "WITH RECURSIVE "
-        f"u AS (SELECT 0 AS {side}, {row} AS {pos}{sel} FROM {q(span.since.table_name)} "
-        f"UNION ALL SELECT 1, {row}{sel} FROM {q(span.to.table_name)}), "
+        f"u AS (SELECT 0 AS {side}, {row} AS {pos}{sel} FROM {q(span.since.table_name)}"
+        f"{_side_filter(bind, span, span.since)} "
+        f"UNION ALL SELECT 1, {row}{sel} FROM {q(span.to.table_name)}"
+        f"{_side_filter(bind, span, span.to)}), "
         f"g AS (SELECT SUM(1 - {side}) AS {na}, SUM({side}) AS {nb}, "
         f"MIN(CASE WHEN {side} = 0 THEN {pos} END) AS {ra}, "
         f"MIN(CASE WHEN {side} = 1 THEN {pos} END) AS {rb}{sel} FROM u{group} "
@@ -181,12 +258,15 @@ def changes_sql(bind: Engine | Connection, span: FeedSpan, columns: Sequence[Col
     return sql + " LIMIT :limit OFFSET :start"
 
 
-def _params(bind: Engine | Connection, start: int, limit: int | None) -> dict[str, Any]:
+def _params(
+    bind: Engine | Connection, start: int, limit: int | None, span: FeedSpan | None = None
+) -> dict[str, Any]:
     if limit is None:
         limit_value: int | None = -1 if bind.dialect.name == "sqlite" else None
     else:
         limit_value = limit
-    return {"start": start, "limit": limit_value}
+    filters = _filter_params(bind, span) if span is not None else {}
+    return {**filters, "start": start, "limit": limit_value}
 
 
 def read_changes(
@@ -204,7 +284,7 @@ def read_changes(
         sql = sa.text(changes_sql(conn, span, columns))
         try:
             with read_deadline(conn):
-                return [tuple(r) for r in conn.execute(sql, _params(conn, start, limit))]
+                return [tuple(r) for r in conn.execute(sql, _params(conn, start, limit, span))]
         except sa.exc.DBAPIError as exc:
             _raise_if_gone(conn, span, exc)
             raise
@@ -230,7 +310,7 @@ def iter_changes(
         streaming = conn.execution_options(stream_results=True, yield_per=batch_size)
         try:
             with read_deadline(conn):
-                result = streaming.execute(sql, _params(conn, start, None))
+                result = streaming.execute(sql, _params(conn, start, None, span))
         except sa.exc.DBAPIError as exc:
             _raise_if_gone(conn, span, exc)
             raise

@@ -279,9 +279,12 @@ def create_key(
     description: str | None = None,
     scopes: Iterable[str] | None = None,
     rate_limit: int | str | None = None,
+    row_filter: Iterable[str] | None = None,
+    columns: Iterable[str] | str | None = None,
     actor: Actor,
 ) -> keys.CreatedKey:
-    """Create a key (see `core.keys.create_key`) and audit it.
+    """Create a key (see `core.keys.create_key`) and audit it, with its policy (row filter
+    and column allowlist, `core.policy`).
 
     A key with the `run` scope only for an actor who may trigger the rule's DAG (403).
     """
@@ -294,6 +297,8 @@ def create_key(
         description=description,
         scopes=scopes,
         rate_limit=keys.validate_rate_limit(rate_limit),
+        row_filter=row_filter,
+        columns=columns,
     )
     k = created.key
     audit.record(
@@ -303,7 +308,12 @@ def create_key(
         data_api=k.data_api,
         key_id=k.id,
         remote_addr=actor.remote_addr,
-        detail={"expires": k.expires_at, "scopes": list(k.scopes), "rate_limit": k.rate_limit},
+        detail={
+            "expires": k.expires_at,
+            "scopes": list(k.scopes),
+            "rate_limit": k.rate_limit,
+            **k.policy.to_dict(),
+        },
     )
     return created
 

@@ -37,6 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from airflow_nx1_connect.core import policy as policies
 from airflow_nx1_connect.core.clock import as_utc, iso, utcnow
 from airflow_nx1_connect.core.engines import (
     SQLITE_BUSY_TIMEOUT_MS,
@@ -52,6 +53,7 @@ from airflow_nx1_connect.core.errors import (
     ValidationError,
 )
 from airflow_nx1_connect.core.inputs import whole_number
+from airflow_nx1_connect.core.policy import KeyPolicy
 from airflow_nx1_connect.core.store import api_keys, data_apis, placeholder
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,15 @@ class ApiKey:
     rate_limit: int | None = None
     #: The key this one replaced, when it was made by a rotation.
     rotated_from: str | None = None
+    #: Row filter terms (`<column>=<op>.<value>`, AND-ed; empty: every row), see `core.policy`.
+    row_filter: tuple[str, ...] = ()
+    #: Column allowlist (None: every column), see `core.policy`.
+    columns: tuple[str, ...] | None = None
+
+    @property
+    def policy(self) -> KeyPolicy:
+        """The key's row filter and column allowlist (`core.policy` enforces them)."""
+        return KeyPolicy(self.row_filter, self.columns)
 
     def status(self, now: dt.datetime | None = None) -> str:
         """`revoked`, `expired` (at or after `expires_at`) or `active`."""
@@ -136,6 +147,8 @@ _RECORD_COLUMNS = (
     api_keys.c.scopes,
     api_keys.c.rate_limit,
     api_keys.c.rotated_from,
+    api_keys.c.row_filter,
+    api_keys.c.allowed_columns,
 )
 
 
@@ -153,7 +166,13 @@ def _record(row: Any) -> ApiKey:
         scopes=_scopes_from_text(m["scopes"]),
         rate_limit=m["rate_limit"],
         rotated_from=m["rotated_from"],
+        **_policy_fields(m["row_filter"], m["allowed_columns"]),
     )
+
+
+def _policy_fields(row_filter: str | None, columns: str | None) -> dict[str, Any]:
+    loaded = policies.load(row_filter, columns)
+    return {"row_filter": loaded.row_filter, "columns": loaded.columns}
 
 
 def _scopes_from_text(text: str | None) -> tuple[str, ...]:
@@ -274,17 +293,29 @@ def create_key(
     scopes: Iterable[str] | None = None,
     rate_limit: int | None = None,
     rotated_from: str | None = None,
+    row_filter: Iterable[str] | str | None = None,
+    columns: Iterable[str] | str | None = None,
+    policy: KeyPolicy | None = None,
     now: dt.datetime | None = None,
 ) -> CreatedKey:
     """Create a key for `data_api`, valid `days` days from now; the secret is returned once.
 
-    ValidationError for days outside 1..max_key_days, a too long description, an unknown
-    scope or a negative rate limit; DataApiNotFound when the data API does not exist.
+    `row_filter` and `columns` make a tenant-scoped key (`core.policy.validate_policy`:
+    checked against the data API's latest snapshot); `policy` is an existing key's, kept
+    as it is (a rotation). ValidationError for days outside 1..max_key_days, a too long
+    description, an unknown scope, a negative rate limit or a policy that does not fit the
+    data API; DataApiNotFound when the data API does not exist.
     """
     days = validate_days(days)
     text = _clean_description(description)
     key_scopes = validate_scopes(scopes)
     limit = validate_rate_limit(rate_limit)
+    if policy is None:
+        if row_filter or columns is not None:
+            _check_data_api_name(data_api)
+            policy = policies.validate_policy(engine, data_api, row_filter, columns)
+        else:
+            policy = policies.NO_POLICY
     created = _now(now).replace(microsecond=0)
     secret = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
     assert looks_like_key(secret)
@@ -300,6 +331,8 @@ def create_key(
         scopes=key_scopes,
         rate_limit=limit,
         rotated_from=rotated_from,
+        row_filter=policy.row_filter,
+        columns=policy.columns,
     )
     missing = DataApiNotFound(
         f"No data API is called {data_api!r}. List them with: nx1-connect apis list"
@@ -327,6 +360,8 @@ def create_key(
                     scopes=",".join(key_scopes),
                     rate_limit=limit,
                     rotated_from=rotated_from,
+                    row_filter=policies.dump_terms(policy),
+                    allowed_columns=policies.dump_columns(policy),
                 )
             )
     except sa.exc.IntegrityError:
@@ -339,6 +374,19 @@ def create_key(
         record.expires_at.isoformat(),
     )
     return CreatedKey(key=record, secret=secret)
+
+
+def _check_data_api_name(data_api: object) -> None:
+    if not isinstance(data_api, str) or len(data_api) > 63:
+        raise DataApiNotFound(
+            f"No data API is called {data_api!r:.70}. List them with: nx1-connect apis list"
+        )
+    from airflow_nx1_connect.core.snapshots import NAME_RE
+
+    if not NAME_RE.match(data_api):
+        raise DataApiNotFound(
+            f"No data API is called {data_api!r}. List them with: nx1-connect apis list"
+        )
 
 
 def verify_key(
@@ -378,7 +426,8 @@ def verify_key(
 #: record columns come back; the hash is a bound parameter (never in a log).
 _LOOKUP_SQL = (
     "SELECT id, prefix, data_api, description, created_at, expires_at, revoked_at, "
-    "last_used_at, scopes, rate_limit, rotated_from FROM nx1_api_keys WHERE key_hash = {}"
+    "last_used_at, scopes, rate_limit, rotated_from, row_filter, allowed_columns "
+    "FROM nx1_api_keys WHERE key_hash = {}"
 )
 
 
@@ -416,6 +465,7 @@ def _lookup(engine: Engine, digest: str) -> ApiKey | None:
         scopes=_scopes_from_text(row[8]),
         rate_limit=row[9],
         rotated_from=row[10],
+        **_policy_fields(row[11], row[12]),
     )
 
 
@@ -577,6 +627,7 @@ def key_to_dict(key: ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
         "status": key.status(_now(now) if now is not None else None),
         "scopes": list(key.scopes),
         "rate_limit": key.rate_limit,
+        **key.policy.to_dict(),
     }
 
 
@@ -608,7 +659,8 @@ def rotate_key(
 ) -> tuple[CreatedKey, ApiKey]:
     """Replace a key: (the new key, secret shown once; the old key's updated record).
 
-    The new key reads the same data API with the same description, scopes and rate limit,
+    The new key reads the same data API with the same description, scopes, rate limit, row
+    filter and column allowlist (kept as they are, even if the columns changed since),
     for as many days as the old one was issued for (1..max_key_days), and records
     `rotated_from`. The old key stays valid for `overlap_hours` (default 24) and is then
     refused: its expiry becomes the earlier of its own and now + overlap. A revoked key
@@ -633,6 +685,7 @@ def rotate_key(
         scopes=old.scopes,
         rate_limit=old.rate_limit,
         rotated_from=old.id,
+        policy=old.policy,
         now=current,
     )
     ends = current.replace(microsecond=0) + dt.timedelta(hours=overlap)

@@ -208,6 +208,24 @@ def _after(table: Any, operands: Sequence[tuple[SortKey, Any]], nulls: Sequence[
     return sa.or_(*terms)
 
 
+def filter_clause(
+    dialect: sa.Dialect, snapshot: Snapshot, filters: Sequence[Filter]
+) -> tuple[str, dict[str, Any]]:
+    """The AND of `filters` on `snapshot`'s table as SQL text with `:w<i>_<j>` named binds
+    (for a `sa.text` statement), and their values; identifiers quoted, values bound.
+    ValidationError as `check_query`. ("1 = 1", {}) without filters."""
+    if not filters:
+        return "1 = 1", {}
+    query = RowsQuery(filters=tuple(filters))
+    values = _filter_values(snapshot, query, dialect.name)
+    table = _snapshot_table(snapshot)
+    clause = sa.and_(
+        *(_condition(table, snapshot, f, i, dialect.name) for i, f in enumerate(filters))
+    )
+    named = type(dialect)(paramstyle="named")  # type: ignore[call-arg]
+    return str(clause.compile(dialect=named)), values
+
+
 def check_query(snapshot: Snapshot, query: RowsQuery, dialect: str) -> None:
     """Raise ValidationError (a 400) for an unknown column, op or a value of the wrong type."""
     _filter_values(snapshot, query, dialect)

@@ -153,6 +153,10 @@ api_keys = sa.Table(
     sa.Column("rate_limit", sa.Integer, nullable=True),
     # The key this one replaced by a rotation.
     sa.Column("rotated_from", sa.String(32), nullable=True),
+    # Tenant-scoped keys (`core.policy`): the row filter's terms and the column allowlist,
+    # JSON arrays; NULL: no filter / every column.
+    sa.Column("row_filter", sa.Text, nullable=True),
+    sa.Column("allowed_columns", sa.Text, nullable=True),
     sa.Index("ix_nx1_api_keys_key_hash", "key_hash", unique=True),
     sa.Index("ix_nx1_api_keys_data_api", "data_api"),
 )

@@ -567,6 +567,7 @@ class Nx1ConnectView(BaseView):
             "days": request.form.get("days", "30" if max_days >= 30 else str(max_days)),
             "may_run": "run" if request.form.get("may_run") else "",
             "rate_limit": request.form.get("rate_limit", ""),
+            **_policy_form(),
         }
         errors: dict[str, str] = {}
         status = 200
@@ -586,9 +587,31 @@ class Nx1ConnectView(BaseView):
             errors=errors,
             choices=self._manageable(),
             max_days=max_days,
+            **self._policy_choices(form),
         )
 
-    def _create(self, form: dict[str, str]) -> tuple[core_keys.CreatedKey | None, dict[str, str]]:
+    def _policy_choices(self, form: dict[str, Any]) -> dict[str, Any]:
+        """The filter builder's and column checkboxes' choices: each manageable data API's
+        latest columns (the form switches between them as the data API changes)."""
+        engine = self._engine()
+        by_api: dict[str, list[dict[str, str]]] = {}
+        for api in self._manageable():
+            try:
+                latest = core_snapshots.latest_snapshot(engine, api.name)
+            except SnapshotNotFound:
+                by_api[api.name] = []
+                continue
+            by_api[api.name] = [
+                {"name": n, "type": t}
+                for n, t in zip(latest.columns, latest.column_types, strict=True)
+            ]
+        return {
+            "columns_by_api": by_api,
+            "policy_columns": by_api.get(str(form["data_api"]), []),
+            "policy_ops": POLICY_OPS,
+        }
+
+    def _create(self, form: dict[str, Any]) -> tuple[core_keys.CreatedKey | None, dict[str, str]]:
         errors: dict[str, str] = {}
         name = form["data_api"].strip()
         if not name:
@@ -622,6 +645,8 @@ class Nx1ConnectView(BaseView):
                 description=form["description"] or None,
                 scopes=("read", "run") if form["may_run"] else ("read",),
                 rate_limit=form["rate_limit"].strip() or None,
+                row_filter=_terms(form["terms"]),
+                columns=form["columns"] if form["limit_columns"] else None,
                 actor=g.nx1_actor,
             )
         except DataApiNotFound:
@@ -700,6 +725,57 @@ class Nx1ConnectView(BaseView):
             pass
         flash(f"Deleted key {key.prefix}\u2026 of {key.data_api}.", "info")
         return redirect(url_for("Nx1ConnectView.keys"))
+
+
+#: The filter builder's operators (the `where.` grammar), with what each one means.
+POLICY_OPS = [
+    ("eq", "="),
+    ("ne", "≠"),
+    ("gt", ">"),
+    ("gte", "≥"),
+    ("lt", "<"),
+    ("lte", "≤"),
+    ("like", "like (* wildcard)"),
+    ("in", "in (a,b,c)"),
+    ("is", "is (null / not_null)"),
+]
+#: Rows the filter builder shows (more are added in the page as needed).
+POLICY_ROWS = 3
+
+
+def _policy_form() -> dict[str, Any]:
+    """The create-key form's policy fields: filter terms (column, op, value rows) and the
+    column allowlist (a checkbox turns it on, one checkbox per column)."""
+    rows = [
+        {"column": c.strip(), "op": o, "value": v}
+        for c, o, v in zip(
+            request.form.getlist("where_column"),
+            request.form.getlist("where_op"),
+            request.form.getlist("where_value"),
+            strict=False,
+        )
+    ]
+    filled = [r for r in rows if r["column"]]
+    blank = {"column": "", "op": "eq", "value": ""}
+    return {
+        "terms": filled + [dict(blank) for _ in range(max(POLICY_ROWS - len(filled), 1))],
+        "limit_columns": "1" if request.form.get("limit_columns") else "",
+        "columns": request.form.getlist("columns"),
+    }
+
+
+def _terms(rows: list[dict[str, str]]) -> list[str]:
+    """Filter builder rows as `<column>=<op>.<value>` terms (`in`: parentheses added when
+    the value has none)."""
+    terms = []
+    for row in rows:
+        if not row["column"]:
+            continue
+        value = row["value"]
+        if row["op"] == "in" and not (value.startswith("(") and value.endswith(")")):
+            value = f"({value})"
+        terms.append(f"{row['column']}={row['op']}.{value}")
+    return terms
 
 
 @functools.cache

@@ -280,6 +280,8 @@ def create_key(body: am.CreateKeyBody, caller: CallerDep) -> JSONResponse:
         description=body.description,
         scopes=body.scopes,
         rate_limit=body.rate_limit,
+        row_filter=body.row_filter,
+        columns=body.columns,
         actor=caller.actor,
     )
     return _json({**control.key_dict(engine, created.key), "key": created.secret}, 201)
@@ -327,8 +329,8 @@ def rotate_key(
     caller: CallerDep,
     body: Annotated[am.RotateKeyBody | None, Body()] = None,
 ) -> JSONResponse:
-    """A new key with the same data API, description, scopes and rate limit; the old one
-    expires after `overlap_hours` (default 24)."""
+    """A new key with the same data API, description, scopes, rate limit, row filter and
+    column allowlist; the old one expires after `overlap_hours` (default 24)."""
     key = _key(caller, key_id, edit=True)
     engine = _engine()
     created, _old = control.rotate_key(

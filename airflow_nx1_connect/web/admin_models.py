@@ -43,6 +43,17 @@ class CreateKeyBody(_Body):
     rate_limit: int | None = Field(
         default=None, ge=0, description="Requests per minute (0 = none; default: the setting)."
     )
+    row_filter: list[str] | None = Field(
+        default=None,
+        description="Row filter: terms `<column>=<op>.<value>` (the grammar of `where.`), "
+        "AND-ed; the key reads only matching rows. Fixed at creation, kept by a rotation.",
+        examples=[["region=eq.EU"]],
+    )
+    columns: list[str] | None = Field(
+        default=None,
+        description="Column allowlist: the key sees only these columns (null: all).",
+        examples=[["region", "units"]],
+    )
 
 
 class ExtendKeyBody(_Body):
@@ -107,6 +118,8 @@ class AdminKey(BaseModel):
     rate_limit: int | None
     rotated_from: str | None
     usage: Usage
+    row_filter: list[str] = Field(description="The key's row filter terms (empty: none).")
+    columns: list[str] | None = Field(description="The key's column allowlist (null: all).")
 
 
 class CreatedKey(AdminKey):

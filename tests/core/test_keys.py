@@ -393,6 +393,8 @@ def test_key_to_dict(apis):
         "status": "active",
         "scopes": ["read"],
         "rate_limit": None,
+        "row_filter": [],
+        "columns": None,
     }
     assert keys.key_to_dict(created.key, now=T0 + dt.timedelta(days=3))["status"] == "expired"
 

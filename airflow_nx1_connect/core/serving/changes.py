@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from airflow_nx1_connect.core import changes
 from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.errors import ValidationError
+from airflow_nx1_connect.core.policy import NO_POLICY, KeyPolicy
+from airflow_nx1_connect.core.policy import summary as policy_summary
 from airflow_nx1_connect.core.serving.columnar import rows_stream
 from airflow_nx1_connect.core.serving.encoders import (
     csv_encoder,
@@ -45,9 +47,14 @@ CHANGE_FORMATS = ("json", "csv", "ndjson", "arrow")
 
 
 def changes_response(
-    engine: sa.Engine, settings: Settings, request: Request, name: str
+    engine: sa.Engine,
+    settings: Settings,
+    request: Request,
+    name: str,
+    policy: KeyPolicy = NO_POLICY,
 ) -> Response:
-    """The change feed of data API `name` between `since` and `to` (default: the latest)."""
+    """The change feed of data API `name` between `since` and `to` (default: the latest),
+    as a key with `policy` sees it: the difference of its views of the two snapshots."""
     since = single_param(request.query, "since")
     to = single_param(request.query, "to")
     if since is None or not since.strip():
@@ -56,7 +63,7 @@ def changes_response(
             f"of a rows answer), e.g. /data-apis/{name}/changes?since=<snapshot id>.",
             field="since",
         )
-    span = changes.resolve(engine, name, since.strip(), to.strip() if to else None)
+    span = changes.resolve(engine, name, since.strip(), to.strip() if to else None, policy)
     params = parse_rows_params(request, settings)
     if params.format not in CHANGE_FORMATS:
         raise ValidationError(
@@ -74,6 +81,7 @@ def changes_response(
         names,
         params.format,
         params.shape,
+        policy.fingerprint(),
     )
     csv_rows = csv_encoder(columns)
     json_values = json_converter(columns)
@@ -109,8 +117,8 @@ def changes_response(
             document = dumps(
                 {
                     "data_api": name,
-                    "from": span.since.summary(),
-                    "to": span.to.summary(),
+                    "from": policy_summary(policy, span.since),
+                    "to": policy_summary(policy, span.to),
                     "data": {
                         "start": params.start,
                         "row_count": len(rows),

@@ -39,11 +39,13 @@ from urllib.parse import unquote
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core import arrow, openapi, ratelimit, reads, usage
+from airflow_nx1_connect.core import policy as policies
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.closing import close
 from airflow_nx1_connect.core.engines import get_engine
 from airflow_nx1_connect.core.errors import NotFound
+from airflow_nx1_connect.core.policy import KeyPolicy
 from airflow_nx1_connect.core.reads import OPS
 from airflow_nx1_connect.core.runs import RunLauncher
 from airflow_nx1_connect.core.serving.auth import authenticate, extract_key, refuse_key_in_query
@@ -204,17 +206,21 @@ def _handle(
         if endpoint == "runs":
             response = start_run_response(engine, request, name, key, launcher)
         elif endpoint == "run":
-            response = run_status_response(engine, request, name, run_id or "", launcher)
+            response = run_status_response(
+                engine, request, name, run_id or "", launcher, key.policy
+            )
         elif endpoint == "data_api":
-            response = _data_api_response(engine, request, name)
+            response = _data_api_response(engine, request, name, key.policy)
         elif endpoint == "snapshots":
-            response = _snapshots_response(engine, request, name)
+            response = _snapshots_response(engine, request, name, key.policy)
         elif endpoint == "changes":
-            response = changes_response(engine, settings, request, name)
+            response = changes_response(engine, settings, request, name, key.policy)
         elif endpoint == "openapi":
-            response = _openapi_response(engine, settings, request, name)
+            response = _openapi_response(engine, settings, request, name, key.policy)
         else:
-            response = _rows_response(engine, settings, request, endpoint, name, snapshot_id)
+            response = _rows_response(
+                engine, settings, request, endpoint, name, snapshot_id, key.policy
+            )
     except Exception as exc:  # the one place where exceptions become statuses
         return problem_for(exc)
     if request.method == "HEAD":
@@ -223,13 +229,20 @@ def _handle(
     return response
 
 
-def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Response:
+def _data_api_response(
+    engine: sa.Engine, request: Request, name: str, policy: KeyPolicy
+) -> Response:
     api = snaps.get_data_api(engine, name)
     latest: snaps.Snapshot | None
     try:
         latest = snaps.latest_snapshot(engine, name)
     except NotFound:
         latest = None
+    summary = policies.summary(policy, latest) if latest is not None else None
+    if latest is not None:
+        # The latest snapshot as the key sees it: its allowed columns only (403 when the
+        # snapshot lacks one the key's policy names).
+        latest = policies.view(policy, latest, engine.dialect.name).visible
     columns = snaps.resolve_columns(latest, None) if latest is not None else []
     document = {
         "name": api.name,
@@ -237,7 +250,7 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
         "description": api.description,
         "question": api.question,
         "created_at": iso(api.created_at),
-        "latest_snapshot": latest.summary() if latest is not None else None,
+        "latest_snapshot": summary,
         "columns": [{"name": c.name, "type": c.type} for c in columns],
         # From the latest snapshot's record: what a filter can look up by index.
         "indexed_columns": list(latest.indexed_columns) if latest is not None else [],
@@ -249,7 +262,7 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
     )
     return finish(
         request,
-        etag=etag_for("data_api", body),
+        etag=etag_for("data_api", body, policy.fingerprint()),
         last_modified=modified,
         cache_control=SHORT_LIVED,
         media_type=MEDIA_TYPES["json"],
@@ -259,15 +272,14 @@ def _data_api_response(engine: sa.Engine, request: Request, name: str) -> Respon
 
 
 def _openapi_response(
-    engine: sa.Engine, settings: Settings, request: Request, name: str
+    engine: sa.Engine, settings: Settings, request: Request, name: str, policy: KeyPolicy
 ) -> Response:
     """The OpenAPI document of data API `name` alone, rows typed from its latest snapshot's
-    columns (`core.openapi`); 404 until a snapshot is published."""
+    columns as the key sees them (`core.openapi`, `core.policy`); 404 until a snapshot is
+    published, 403 when the snapshot lacks a column the key's policy names."""
     api = snaps.get_data_api(engine, name)
     latest = snaps.latest_snapshot(engine, name)
-    # The columns the document types: all of the latest snapshot's (a key that may see only
-    # some would hand in those alone).
-    columns = snaps.resolve_columns(latest, None)
+    columns = policies.view(policy, latest, engine.dialect.name).columns(None)
     base = unquote(request.path).rsplit("/data-apis/", 1)[0]
     document = openapi.data_api_document(
         name=api.name,
@@ -281,7 +293,7 @@ def _openapi_response(
     body = dumps(document)
     return finish(
         request,
-        etag=etag_for("openapi", body),
+        etag=etag_for("openapi", body, policy.fingerprint()),
         last_modified=max(t for t in (api.updated_at, latest.published_at) if t is not None),
         cache_control=SHORT_LIVED,
         media_type=MEDIA_TYPES["json"],
@@ -290,14 +302,17 @@ def _openapi_response(
     )
 
 
-def _snapshots_response(engine: sa.Engine, request: Request, name: str) -> Response:
+def _snapshots_response(
+    engine: sa.Engine, request: Request, name: str, policy: KeyPolicy
+) -> Response:
     api = snaps.get_data_api(engine, name)
     published = snaps.list_snapshots(engine, name)
-    body = dumps({"data_api": name, "snapshots": [s.summary() for s in published]})
+    summaries = [policies.summary(policy, s) for s in published]
+    body = dumps({"data_api": name, "snapshots": summaries})
     times = [s.published_at for s in published if s.published_at is not None]
     return finish(
         request,
-        etag=etag_for("snapshots", body),
+        etag=etag_for("snapshots", body, policy.fingerprint()),
         last_modified=max(times) if times else api.created_at,
         cache_control=SHORT_LIVED,
         media_type=MEDIA_TYPES["json"],
@@ -313,6 +328,7 @@ def _rows_response(
     endpoint: str,
     name: str,
     snapshot_id: str | None,
+    policy: KeyPolicy,
 ) -> Response:
     if endpoint == "latest":
         snapshot = snaps.latest_snapshot(engine, name)
@@ -320,12 +336,14 @@ def _rows_response(
     else:
         snapshot = snaps.get_snapshot(engine, name, snapshot_id or "")
         cache_control = IMMUTABLE
+    # The key's policy, before anything else is read or any format chosen (core.policy):
+    # the request's columns, where. and sort see only the allowed columns, and the key's
+    # row filter is AND-ed into the query (403 when the snapshot does not fit the policy).
+    view = policies.view(policy, snapshot, engine.dialect.name)
     params = parse_rows_params(request, settings)
-    columns = snaps.resolve_columns(snapshot, params.columns)
+    columns = view.columns(params.columns)
     names = [c.name for c in columns]
-    query = params.query
-    if query:
-        reads.check_query(snapshot, query, engine.dialect.name)
+    query = view.query(params.query, engine.dialect.name)
     etag = etag_for(
         "rows",
         snapshot.id,
@@ -336,6 +354,7 @@ def _rows_response(
         params.format,
         query,
         params.shape,
+        view.fingerprint,
     )
     # Rows are read as stored and encoded straight to text (no decoding to Python first).
     csv_rows = csv_encoder(columns)
@@ -377,7 +396,7 @@ def _rows_response(
             document = dumps(
                 {
                     "data_api": name,
-                    "snapshot": snapshot.summary(),
+                    "snapshot": view.summary(),
                     "data": {
                         "start": params.start,
                         "row_count": len(rows),

@@ -22,6 +22,8 @@ from sqlalchemy.engine import Engine
 from airflow_nx1_connect.core import runs
 from airflow_nx1_connect.core.errors import MissingScope, RunsUnavailable, ValidationError
 from airflow_nx1_connect.core.keys import ApiKey
+from airflow_nx1_connect.core.policy import NO_POLICY, KeyPolicy
+from airflow_nx1_connect.core.policy import summary as policy_summary
 from airflow_nx1_connect.core.serving.encoders import dumps
 from airflow_nx1_connect.core.serving.http import Request, Response
 from airflow_nx1_connect.core.serving.params import MEDIA_TYPES
@@ -66,11 +68,16 @@ def _launcher(launcher: runs.RunLauncher | None) -> runs.RunLauncher:
     return launcher
 
 
-def _body(status: runs.RunStatus, status_url: str | None = None) -> bytes:
+def _body(
+    status: runs.RunStatus, status_url: str | None = None, policy: KeyPolicy = NO_POLICY
+) -> bytes:
     document: dict[str, object] = {"run_id": status.run_id, "state": status.state}
     if status_url is not None:
         document["status_url"] = status_url
-    document["snapshot"] = status.snapshot.summary() if status.snapshot is not None else None
+    # A key's policy: `row_count` null under a row filter (core.policy).
+    document["snapshot"] = (
+        policy_summary(policy, status.snapshot) if status.snapshot is not None else None
+    )
     return dumps(document)
 
 
@@ -152,7 +159,7 @@ def start_run_response(
     def make(run: runs.RunStatus) -> Response:
         url = status_url(request, run.run_id)
         headers = [*_headers(wait), ("Location", url)]
-        return Response(200 if run.ended else 202, headers, _body(run, url))
+        return Response(200 if run.ended else 202, headers, _body(run, url, key.policy))
 
     return _answer(engine, request, name, run, launcher, make)
 
@@ -163,13 +170,15 @@ def run_status_response(
     name: str,
     run_id: str,
     launcher: runs.RunLauncher | None,
+    policy: KeyPolicy = NO_POLICY,
 ) -> Response:
-    """GET /data-apis/{name}/runs/{run_id}: the run's state and published snapshot."""
+    """GET /data-apis/{name}/runs/{run_id}: the run's state and published snapshot (its
+    summary as the key's `policy` allows)."""
     wait = prefer_wait(request)
     launcher = _launcher(launcher)
     run = runs.run_status(engine, launcher, name, run_id)
 
     def make(run: runs.RunStatus) -> Response:
-        return Response(200, _headers(wait), _body(run))
+        return Response(200, _headers(wait), _body(run, policy=policy))
 
     return _answer(engine, request, name, run, launcher, make)
