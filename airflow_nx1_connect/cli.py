@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from airflow_nx1_connect.core import engines
+from airflow_nx1_connect.core import engines, key_options
 from airflow_nx1_connect.core.clock import iso
 from airflow_nx1_connect.core.errors import Nx1Error
 
@@ -375,15 +375,14 @@ def keys_create(
     snapshot.
     """
     from airflow_nx1_connect.core import control
-    from airflow_nx1_connect.core import keys as core_keys
 
     created = control.create_key(
         _engine(),
         data_api=data_api,
-        days=core_keys.validate_days(days),
+        days=key_options.validate_days(days),
         description=description,
         scopes=scopes,
-        rate_limit=core_keys.validate_rate_limit(rate_limit),
+        rate_limit=key_options.validate_rate_limit(rate_limit),
         row_filter=row_filter,
         columns=columns,
         actor=_actor(),

@@ -27,8 +27,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from airflow_nx1_connect.core import audit, keys, snapshots, usage
-from airflow_nx1_connect.core.clock import iso
+from airflow_nx1_connect.core import audit, key_options, keys, snapshots, usage
+from airflow_nx1_connect.core.clock import as_utc, iso
 from airflow_nx1_connect.core.errors import (
     AdminForbidden,
     Conflict,
@@ -114,13 +114,30 @@ def data_api_dict(engine: Engine, api: snapshots.DataApi) -> dict[str, Any]:
     }
 
 
+def key_to_dict(key: keys.ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The public view of a key (JSON-ready; ISO 8601 UTC times). Never the secret or hash."""
+    return {
+        "key_id": key.id,
+        "prefix": key.prefix,
+        "data_api": key.data_api,
+        "description": key.description,
+        "created": iso(key.created_at),
+        "expires": iso(key.expires_at),
+        "last_used": iso(key.last_used_at),
+        "revoked": iso(key.revoked_at),
+        "status": key.status(as_utc(now) if now is not None else None),
+        "scopes": list(key.scopes),
+        "rate_limit": key.rate_limit,
+        **key.policy.to_dict(),
+    }
+
+
 def key_dicts(engine: Engine, found: Iterable[keys.ApiKey]) -> list[dict[str, Any]]:
     """Keys as `keys list --json` prints them, plus `rotated_from` and `usage`."""
     found = list(found)
     counts = usage.usage_for_keys(engine, [k.id for k in found])
     return [
-        {**keys.key_to_dict(k), "rotated_from": k.rotated_from, "usage": counts[k.id]}
-        for k in found
+        {**key_to_dict(k), "rotated_from": k.rotated_from, "usage": counts[k.id]} for k in found
     ]
 
 
@@ -204,15 +221,15 @@ def create_data_api(
     _rule_id(dag_id, "dag_id")
     _rule_id(task_id, "task_id")
     if key_days is None or key_days == "":
-        days = min(DEFAULT_FIRST_KEY_DAYS, keys.max_key_days())
+        days = min(DEFAULT_FIRST_KEY_DAYS, key_options.max_key_days())
     else:
-        days = keys.validate_days(key_days)
+        days = key_options.validate_days(key_days)
     if description is not None and not isinstance(description, str):
         raise ValidationError("The description must be text.", field="description")
     text = (description or "").strip() or None
-    if text is not None and len(text) > keys.MAX_DESCRIPTION_LENGTH:
+    if text is not None and len(text) > key_options.MAX_DESCRIPTION_LENGTH:
         raise ValidationError(
-            f"Keep the description to at most {keys.MAX_DESCRIPTION_LENGTH} characters.",
+            f"Keep the description to at most {key_options.MAX_DESCRIPTION_LENGTH} characters.",
             field="description",
         )
     try:
@@ -293,10 +310,10 @@ def create_key(
     created = keys.create_key(
         engine,
         data_api=data_api,
-        days=keys.validate_days(days),
+        days=key_options.validate_days(days),
         description=description,
         scopes=scopes,
-        rate_limit=keys.validate_rate_limit(rate_limit),
+        rate_limit=key_options.validate_rate_limit(rate_limit),
         row_filter=row_filter,
         columns=columns,
     )
@@ -333,7 +350,7 @@ def check_may_trigger(engine: Engine, actor: Actor, data_api: str) -> None:
 
 def extend_key(engine: Engine, key_id: str, *, days: int | str, actor: Actor) -> keys.ApiKey:
     """Extend a key (see `core.keys.extend_key`) and audit it."""
-    key = keys.extend_key(engine, key_id, days=keys.validate_days(days))
+    key = keys.extend_key(engine, key_id, days=key_options.validate_days(days))
     _record_key(engine, "extend_key", key, actor, {"expires": key.expires_at})
     return key
 
@@ -363,7 +380,7 @@ def rotate_key(
     created, old = keys.rotate_key(
         engine,
         key_id,
-        overlap_hours=keys.validate_overlap_hours(overlap_hours),
+        overlap_hours=key_options.validate_overlap_hours(overlap_hours),
         now=now,
     )
     _record_key(

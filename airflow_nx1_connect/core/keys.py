@@ -37,8 +37,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from airflow_nx1_connect.core import key_options
 from airflow_nx1_connect.core import policy as policies
-from airflow_nx1_connect.core.clock import as_utc, iso, utcnow
+from airflow_nx1_connect.core.clock import as_utc, utcnow
 from airflow_nx1_connect.core.engines import (
     SQLITE_BUSY_TIMEOUT_MS,
     describe_store_error,
@@ -52,7 +53,6 @@ from airflow_nx1_connect.core.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from airflow_nx1_connect.core.inputs import whole_number
 from airflow_nx1_connect.core.policy import KeyPolicy
 from airflow_nx1_connect.core.store import api_keys, data_apis, placeholder
 
@@ -74,14 +74,10 @@ DISPLAY_PREFIX_LENGTH = 12
 KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 #: `last_used_at` is written at most this often per key.
 LAST_USED_EVERY = dt.timedelta(seconds=60)
-#: The longest description kept with a key.
-MAX_DESCRIPTION_LENGTH = 500
 #: How long a `last_used_at` write may wait on a lock before it is skipped.
 _LAST_USED_LOCK_WAIT_MS = 250
 
 STATUSES = ("active", "expired", "revoked")
-#: What a key may do: `read` (every key) and `run` (trigger the rule's runs).
-SCOPES = ("read", "run")
 
 
 @dataclass(frozen=True)
@@ -179,38 +175,8 @@ def _scopes_from_text(text: str | None) -> tuple[str, ...]:
     return tuple(s for s in (text or "read").split(",") if s)
 
 
-def validate_scopes(scopes: Iterable[str] | None) -> tuple[str, ...]:
-    """The scopes as stored: `read` always, then the others given, in SCOPES order."""
-    wanted = set(scopes or ())
-    unknown = sorted(wanted - set(SCOPES))
-    if unknown:
-        raise ValidationError(
-            f"Unknown scope {unknown[0]!r}; a key's scopes are {', '.join(SCOPES)}.",
-            field="scopes",
-        )
-    return tuple(s for s in SCOPES if s == "read" or s in wanted)
-
-
-def validate_rate_limit(rate_limit: object) -> int | None:
-    """None (use `default_rate_limit`), or requests per minute from 0 (no limit) up."""
-    if rate_limit is None or rate_limit == "":
-        return None
-    value = whole_number(rate_limit)
-    if value is None or value < 0:
-        raise ValidationError(
-            f"The rate limit must be a whole number of requests per minute (0 = no limit); "
-            f"got {rate_limit!r}.",
-            field="rate_limit",
-        )
-    return value
-
-
 def _now(now: dt.datetime | None) -> dt.datetime:
-    if now is None:
-        return utcnow()
-    if now.tzinfo is None:
-        return now.replace(tzinfo=dt.timezone.utc)
-    return now.astimezone(dt.timezone.utc)
+    return utcnow() if now is None else as_utc(now)
 
 
 def _hash(raw_key: str) -> str:
@@ -224,50 +190,6 @@ def looks_like_key(raw_key: object) -> bool:
         and len(raw_key) == KEY_LENGTH
         and KEY_RE.match(raw_key) is not None
     )
-
-
-def max_key_days() -> int:
-    """The configured `[nx1_connect] max_key_days`, read now."""
-    from airflow_nx1_connect.core.settings import get_settings
-
-    return get_settings().max_key_days
-
-
-def validate_days(days: object, *, limit: int | None = None) -> int:
-    """Return `days` as an int if it is a whole number from 1 to `max_key_days`.
-
-    Accepts an int or the text of one (form fields); else ValidationError(field="days").
-    """
-    limit = max_key_days() if limit is None else limit
-    value = whole_number(days, signed=True)
-    if value is None or not 1 <= value <= limit:
-        shown = (
-            days.strip()
-            if isinstance(days, str) and days.strip().lstrip("+-").isdigit()
-            else repr(days)
-        )
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise ValidationError(
-            f"Validity must be a whole number of days from 1 to {limit} "
-            f"([nx1_connect] max_key_days); got {shown}.",
-            field="days",
-        )
-    return value
-
-
-def _clean_description(description: object) -> str | None:
-    if description is None:
-        return None
-    if not isinstance(description, str):
-        raise ValidationError("The description must be text.", field="description")
-    text = description.strip()
-    if len(text) > MAX_DESCRIPTION_LENGTH:
-        raise ValidationError(
-            f"The description is {len(text)} characters long; keep it to at most "
-            f"{MAX_DESCRIPTION_LENGTH}.",
-            field="description",
-        )
-    return text or None
 
 
 def _not_found(key_id: object) -> KeyNotFound:
@@ -306,10 +228,10 @@ def create_key(
     description, an unknown scope, a negative rate limit or a policy that does not fit the
     data API; DataApiNotFound when the data API does not exist.
     """
-    days = validate_days(days)
-    text = _clean_description(description)
-    key_scopes = validate_scopes(scopes)
-    limit = validate_rate_limit(rate_limit)
+    days = key_options.validate_days(days)
+    text = key_options.clean_description(description)
+    key_scopes = key_options.validate_scopes(scopes)
+    limit = key_options.validate_rate_limit(rate_limit)
     if policy is None:
         if row_filter or columns is not None:
             _check_data_api_name(data_api)
@@ -551,10 +473,10 @@ def extend_key(engine: Engine, key_id: str, *, days: int, now: dt.datetime | Non
     """Move the key's expiry `days` days later (counted from now if it already expired).
 
     ValidationError when `days` is outside 1..max_key_days, when the key is revoked, or
-    when the key would then be valid for more than max_key_days from now.
+    when the key would then be valid for more than key_options.max_key_days from now.
     """
-    limit = max_key_days()
-    days = validate_days(days, limit=limit)
+    limit = key_options.max_key_days()
+    days = key_options.validate_days(days, limit=limit)
     current = _now(now)
     key = get_key(engine, key_id)
     if key.revoked_at is not None:
@@ -573,7 +495,7 @@ def extend_key(engine: Engine, key_id: str, *, days: int, now: dt.datetime | Non
         )
         raise ValidationError(
             f"Key {key_id} would then be valid for more than {limit} days "
-            f"([nx1_connect] max_key_days); {hint}.",
+            f"([nx1_connect] key_options.max_key_days); {hint}.",
             field="days",
         )
     with engine.begin() as conn:
@@ -613,43 +535,6 @@ def delete_key(engine: Engine, key_id: str) -> None:
     log.info("Deleted data API key %s", key_id)
 
 
-def key_to_dict(key: ApiKey, now: dt.datetime | None = None) -> dict[str, Any]:
-    """The public view of a key (JSON-ready; ISO 8601 UTC times). Never the secret or hash."""
-    return {
-        "key_id": key.id,
-        "prefix": key.prefix,
-        "data_api": key.data_api,
-        "description": key.description,
-        "created": iso(key.created_at),
-        "expires": iso(key.expires_at),
-        "last_used": iso(key.last_used_at),
-        "revoked": iso(key.revoked_at),
-        "status": key.status(_now(now) if now is not None else None),
-        "scopes": list(key.scopes),
-        "rate_limit": key.rate_limit,
-        **key.policy.to_dict(),
-    }
-
-
-#: Hours a rotated key stays valid next to its successor, unless told otherwise.
-DEFAULT_OVERLAP_HOURS = 24
-
-
-def validate_overlap_hours(hours: object) -> int:
-    """Whole hours from 0 up to max_key_days * 24 (an int or its text); None: the default."""
-    if hours is None or hours == "":
-        return DEFAULT_OVERLAP_HOURS
-    limit = max_key_days() * 24
-    value = whole_number(hours)
-    if value is None or not 0 <= value <= limit:
-        raise ValidationError(
-            f"The overlap must be a whole number of hours from 0 to {limit}; "
-            f"got {str(hours)[:40]!r}.",
-            field="overlap_hours",
-        )
-    return value
-
-
 def rotate_key(
     engine: Engine,
     key_id: str,
@@ -667,7 +552,7 @@ def rotate_key(
     cannot be rotated (ValidationError). The new key is created first, so a failure in
     between leaves both keys valid rather than none.
     """
-    overlap = validate_overlap_hours(overlap_hours)
+    overlap = key_options.validate_overlap_hours(overlap_hours)
     current = _now(now)
     old = get_key(engine, key_id)
     if old.revoked_at is not None:
@@ -676,7 +561,7 @@ def rotate_key(
             field="key_id",
         )
     issued_days = (old.expires_at - old.created_at).days
-    days = min(max(issued_days, 1), max_key_days())
+    days = min(max(issued_days, 1), key_options.max_key_days())
     created = create_key(
         engine,
         data_api=old.data_api,

@@ -44,7 +44,7 @@ from flask.sessions import SessionInterface
 from flask_appbuilder import BaseView, expose
 
 from airflow_nx1_connect.core import audit as core_audit
-from airflow_nx1_connect.core import control, engines, reads, types, usage
+from airflow_nx1_connect.core import control, engines, key_options, reads, types, usage
 from airflow_nx1_connect.core import keys as core_keys
 from airflow_nx1_connect.core import snapshots as core_snapshots
 from airflow_nx1_connect.core.clock import iso, utcnow
@@ -550,7 +550,7 @@ class Nx1ConnectView(BaseView):
             kinds=kinds,
             data_api=name,
             usage=counts,
-            overlap_hours=core_keys.DEFAULT_OVERLAP_HOURS,
+            overlap_hours=key_options.DEFAULT_OVERLAP_HOURS,
         )
 
     def _manageable(self) -> list[core_snapshots.DataApi]:
@@ -624,16 +624,16 @@ class Nx1ConnectView(BaseView):
                     raise
                 errors["data_api"] = f"No data API is called {name!r}; choose one from the list."
         try:
-            core_keys.validate_days(form["days"])
+            key_options.validate_days(form["days"])
         except ValidationError as exc:
             errors["days"] = str(exc)
         try:
-            core_keys.validate_rate_limit(form["rate_limit"].strip())
+            key_options.validate_rate_limit(form["rate_limit"].strip())
         except ValidationError as exc:
             errors["rate_limit"] = str(exc)
-        if len(form["description"].strip()) > core_keys.MAX_DESCRIPTION_LENGTH:
+        if len(form["description"].strip()) > key_options.MAX_DESCRIPTION_LENGTH:
             errors["description"] = (
-                f"Keep the description to at most {core_keys.MAX_DESCRIPTION_LENGTH} characters."
+                f"Keep the description to at most {key_options.MAX_DESCRIPTION_LENGTH} characters."
             )
         if errors:
             return None, errors
@@ -641,7 +641,7 @@ class Nx1ConnectView(BaseView):
             created = control.create_key(
                 self._engine(),
                 data_api=name,
-                days=core_keys.validate_days(form["days"]),
+                days=key_options.validate_days(form["days"]),
                 description=form["description"] or None,
                 scopes=("read", "run") if form["may_run"] else ("read",),
                 rate_limit=form["rate_limit"].strip() or None,
@@ -665,7 +665,7 @@ class Nx1ConnectView(BaseView):
         if request.method == "POST":
             try:
                 updated = control.extend_key(
-                    self._engine(), key.id, days=core_keys.validate_days(days), actor=g.nx1_actor
+                    self._engine(), key.id, days=key_options.validate_days(days), actor=g.nx1_actor
                 )
             except ValidationError as exc:
                 error = str(exc)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from airflow_nx1_connect.core.keys import MAX_DESCRIPTION_LENGTH, SCOPES
+from airflow_nx1_connect.core.key_options import MAX_DESCRIPTION_LENGTH, SCOPES
 from airflow_nx1_connect.core.snapshots import NAME_RE
 from airflow_nx1_connect.web.models import Kind, SnapshotSummary
 

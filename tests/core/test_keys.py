@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from airflow_nx1_connect.core import engines, keys, store
+from airflow_nx1_connect.core import control, engines, keys, store
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import (
     AuthError,
@@ -380,7 +380,7 @@ def test_extend_refusals(apis):
 
 def test_key_to_dict(apis):
     created = keys.create_key(apis, data_api="sales", days=3, description="d", now=T0)
-    data = keys.key_to_dict(created.key, now=T0)
+    data = control.key_to_dict(created.key, now=T0)
     assert data == {
         "key_id": created.key.id,
         "prefix": created.secret[:12],
@@ -396,7 +396,7 @@ def test_key_to_dict(apis):
         "row_filter": [],
         "columns": None,
     }
-    assert keys.key_to_dict(created.key, now=T0 + dt.timedelta(days=3))["status"] == "expired"
+    assert control.key_to_dict(created.key, now=T0 + dt.timedelta(days=3))["status"] == "expired"
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,7 +448,7 @@ def test_no_secret_or_hash_in_logs_or_output(apis, caplog, capfd):
             keys.verify_key(apis, secret, "sales")
         except AuthError as exc:
             errors.append(repr(exc) + str(exc) + exc.reason)
-        errors.append(repr(created) + repr(created.key) + str(keys.key_to_dict(created.key)))
+        errors.append(repr(created) + repr(created.key) + str(control.key_to_dict(created.key)))
         keys.delete_key(apis, created.key.id)
     finally:
         for lg in loggers:
