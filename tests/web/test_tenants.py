@@ -28,9 +28,10 @@ from airflow_nx1_connect import cli as cli_module
 from airflow_nx1_connect.core import audit, control, keys, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import ValidationError
-from tests.test_cli import nx1, ok, user_error
+from tests.helpers import nx1, ok, user_error
 from tests.web.conftest import BASE, STORE_ENV, Adapter, ApiStore
-from tests.web.test_rest_api import _next_link, assert_problem, both
+from tests.web.helpers import assert_problem, both
+from tests.web.helpers import next_link as _next_link
 
 COLUMNS = [("id", "INTEGER"), ("region", "TEXT"), ("units", "INTEGER"), ("secret", "TEXT"),
            ("note", "TEXT")]  # fmt: skip
