@@ -16,13 +16,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_nx1_connect.core.reads import OPS
-from airflow_nx1_connect.core.types import FAMILIES, Column, nullable_json_schema
+from airflow_nx1_connect.core.types import FAMILIES, JSON_SCHEMAS, Column
 
 OPENAPI_VERSION = "3.1.0"
 #: Change-feed operations, the `_op` of each change row.
 CHANGE_OPS = ("insert", "update", "delete")
 _REF = "#/components/schemas/"
 _PROBLEM_JSON = "application/problem+json"
+
+
+def nullable_json_schema(family: str) -> dict[str, Any]:
+    """The JSON Schema of a `family` column's values, NULL (JSON null) included."""
+    schema: dict[str, Any] = dict(JSON_SCHEMAS[family])
+    if "type" in schema:  # JSON columns already take any value, null too
+        schema["type"] = [schema["type"], "null"]
+    return schema
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -266,7 +266,7 @@ assert all(t.arrow in ARROW_TYPES for t in TYPES.values())
 #: The JSON Schema (OpenAPI 3.1) of each family's JSON values, as `json` above sends them:
 #: NUMERIC is exact text (`decimal`), DATE and TIMESTAMP ISO 8601 text, JSON any value. The
 #: per-data-API OpenAPI document (`core.openapi`) types row objects with it, every column
-#: nullable (`nullable_json_schema`).
+#: nullable (`core.openapi.nullable_json_schema`).
 JSON_SCHEMAS: dict[str, dict[str, str]] = {
     "TEXT": {"type": "string"},
     "INTEGER": {"type": "integer"},
@@ -278,14 +278,6 @@ JSON_SCHEMAS: dict[str, dict[str, str]] = {
     "JSON": {},
 }
 assert tuple(JSON_SCHEMAS) == FAMILIES
-
-
-def nullable_json_schema(family: str) -> dict[str, Any]:
-    """The JSON Schema of a `family` column's values, NULL (JSON null) included."""
-    schema: dict[str, Any] = dict(JSON_SCHEMAS[family])
-    if "type" in schema:  # JSON columns already take any value, null too
-        schema["type"] = [schema["type"], "null"]
-    return schema
 
 
 def keeps_text_of(fn: Convert, values: Iterable[Any]) -> bool:
