@@ -550,6 +550,12 @@ def snapshots_list(name: str, as_json: bool) -> None:
     )
 
 
+# Webhooks live in their own module (it imports the helpers above).
+from airflow_nx1_connect.webhooks_cli import webhooks as _webhooks  # noqa: E402
+
+cli.add_command(_webhooks)
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(cli(standalone_mode=True))

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_nx1_connect.core import serving
 from airflow_nx1_connect.core.settings import get_settings
-from airflow_nx1_connect.web import admin_api, links, models
+from airflow_nx1_connect.web import admin_api, links, models, webhooks_admin
 from airflow_nx1_connect.web.runs import launcher
 
 API_PREFIX = "/api/v1"
@@ -475,6 +475,7 @@ def create_app() -> FastAPI:
 
     # The control plane (admin REST API, Airflow token): /api/v1/admin/...
     admin_api.install(app, API_PREFIX)
+    webhooks_admin.install(app, API_PREFIX)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:

@@ -52,7 +52,7 @@ ATTEMPT_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 #: How long a claim holds a delivery: far longer than an attempt, so only a dead (or frozen)
 #: deliverer's claims expire.
-LEASE_S = 60
+LEASE_S = 30
 #: Deliveries in flight per deliverer.
 CONCURRENCY = 32
 #: Seconds between two looks for due deliveries when there were none.
