@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -22,6 +26,22 @@ from airflow_nx1_connect.cli import (
     _print_json,
     _print_table,
 )
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to stdout (file descriptor 1) to stderr while inside, so that
+    stdout carries only the data this command prints."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON array of objects instead of a table."
@@ -48,14 +68,15 @@ def webhooks_create(data_api: str, url: str, description: str | None) -> None:
     from airflow_nx1_connect.core import webhooks as core
     from airflow_nx1_connect.core.settings import get_settings
 
-    created = core.create_webhook_audited(
-        _engine(),
-        data_api=data_api,
-        url=url,
-        description=description,
-        actor=_actor(),
-        allow_private=get_settings().webhook_allow_private_hosts,
-    )
+    with _stdout_to_stderr():  # Airflow's logging (e.g. its Fernet warning) writes to fd 1
+        created = core.create_webhook_audited(
+            _engine(),
+            data_api=data_api,
+            url=url,
+            description=description,
+            actor=_actor(),
+            allow_private=get_settings().webhook_allow_private_hosts,
+        )
     _note(
         f"Created webhook {created.webhook.id} for data API {data_api!r}. Its signing secret "
         "follows on stdout and is not shown again; give it to the receiver."
@@ -164,5 +185,6 @@ def webhooks_deliver(once: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    attempts = asyncio.run(deliverer.run(once=once))
+    with _stdout_to_stderr():  # it prints no data: only log lines, on stderr
+        attempts = asyncio.run(deliverer.run(once=once))
     _note(f"Webhook delivery stopped after {attempts} attempt(s).")
