@@ -44,9 +44,10 @@ def _fastapi_root_middlewares() -> list[dict[str, Any]]:
 
 
 def _appbuilder_views() -> list[dict[str, Any]]:
+    from airflow_nx1_connect.web import webhooks_view
     from airflow_nx1_connect.web.admin import appbuilder_views
 
-    return appbuilder_views()
+    return [*appbuilder_views(), *webhooks_view.appbuilder_views()]
 
 
 class Nx1ConnectPlugin(AirflowPlugin):

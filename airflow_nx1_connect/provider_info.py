@@ -21,13 +21,20 @@ _EXAMPLES = {
     "default_rate_limit": "600",
     "rate_limit_storage": "redis://127.0.0.1:6379/0",
 }
-_BOOLEANS = {"csv_escape_formulas"}
+_BOOLEANS = {
+    "csv_escape_formulas",
+    "webhook_allow_private_hosts",
+    "webhook_deliver_in_api_server",
+}
 _VERSION_ADDED = {
     "cors_allowed_origins": "0.2.0",
     "default_rate_limit": "0.2.0",
     "rate_limit_storage": "0.2.0",
     "read_timeout_s": "0.3.0",
     "csv_escape_formulas": "0.3.0",
+    "webhook_retry_delays": "0.3.0",
+    "webhook_allow_private_hosts": "0.3.0",
+    "webhook_deliver_in_api_server": "0.3.0",
 }
 
 

@@ -36,6 +36,9 @@ ACTIONS = (
     "revoke_key",
     "rotate_key",
     "delete_key",
+    "create_webhook",
+    "delete_webhook",
+    "test_webhook",
 )
 #: Events returned by `list_events` unless a limit is given, and the most it returns.
 DEFAULT_LIMIT = 100

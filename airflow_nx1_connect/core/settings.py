@@ -85,6 +85,22 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "Sheets; leave it off (the default) for programs, which then get the data unchanged. "
         "Other formats never change.",
     ),
+    "webhook_retry_delays": (
+        "5,30,120,600,3600,21600",
+        "Comma list of seconds to wait before each retry of a webhook delivery that failed "
+        "(no 2xx within 10 s); after the last one the delivery is failed. Empty: no retries.",
+    ),
+    "webhook_allow_private_hosts": (
+        "False",
+        "When True, webhook URLs may point at loopback, private, link-local or unspecified "
+        "addresses (e.g. a receiver on this machine). Off by default: such URLs are refused "
+        "at creation and at delivery.",
+    ),
+    "webhook_deliver_in_api_server": (
+        "True",
+        "When True, every api-server process delivers webhooks (they share the work). Set "
+        "False when `nx1-connect webhooks deliver` runs as a process of its own.",
+    ),
 }
 
 #: Options that Airflow treats as sensitive (hidden, masked in logs, `_cmd`/`_secret` allowed).
@@ -247,6 +263,16 @@ def _boolean(values: dict[str, str], option: str) -> bool:
     )
 
 
+def _seconds_list(values: dict[str, str], option: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in values[option].split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise ConfigError(
+            f"[{SECTION}] {option} must be a comma list of whole seconds, got "
+            f"{values[option]!r}; set {_env_name(option)} to e.g. {OPTIONS[option][0]}."
+        )
+    return tuple(int(p) for p in parts)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved `[nx1_connect]` options."""
@@ -261,6 +287,9 @@ class Settings:
     rate_limit_storage: str = "memory://"
     read_timeout_s: int = 30
     csv_escape_formulas: bool = False
+    webhook_retry_delays: tuple[int, ...] = (5, 30, 120, 600, 3600, 21600)
+    webhook_allow_private_hosts: bool = False
+    webhook_deliver_in_api_server: bool = True
 
 
 def _settings(values: dict[str, str]) -> Settings:
@@ -276,6 +305,9 @@ def _settings(values: dict[str, str]) -> Settings:
         rate_limit_storage=values["rate_limit_storage"] or OPTIONS["rate_limit_storage"][0],
         read_timeout_s=_whole_number(values, "read_timeout_s"),
         csv_escape_formulas=_boolean(values, "csv_escape_formulas"),
+        webhook_retry_delays=_seconds_list(values, "webhook_retry_delays"),
+        webhook_allow_private_hosts=_boolean(values, "webhook_allow_private_hosts"),
+        webhook_deliver_in_api_server=_boolean(values, "webhook_deliver_in_api_server"),
     )
     if settings.default_page_size > settings.max_page_size:
         raise ConfigError(

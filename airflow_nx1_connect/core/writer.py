@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_nx1_connect.core import checks as publish_checks
-from airflow_nx1_connect.core import filling, types
+from airflow_nx1_connect.core import filling, types, webhooks
 from airflow_nx1_connect.core.clock import utcnow
 from airflow_nx1_connect.core.errors import ChecksFailed, LatestMoved, RuleError, SnapshotNotFound
 from airflow_nx1_connect.core.lease import BuildLock, Lease
@@ -408,6 +408,8 @@ def _publish(
             values["latest_snapshot_id"] = snapshot_id
         conn.execute(data_apis.update().where(data_apis.c.name == data_api).values(**values))
         row = conn.execute(sa.select(snapshots).where(snapshots.c.id == snapshot_id)).one()
+        # The outbox: the event (and its deliveries) commits with the publish, or not at all.
+        webhooks.record_publish(conn, snapshot_from_row(row), latest_id, now)
     return snapshot_from_row(row), moved
 
 

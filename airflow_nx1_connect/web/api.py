@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow_nx1_connect.core.serving import router
 from airflow_nx1_connect.core.settings import get_settings
-from airflow_nx1_connect.web import admin_api, links
+from airflow_nx1_connect.web import admin_api, links, webhooks_admin
 from airflow_nx1_connect.web import openapi_doc as doc
 from airflow_nx1_connect.web.runs import launcher
 
@@ -189,6 +189,7 @@ def create_app() -> FastAPI:
 
     # The control plane (admin REST API, Airflow token): /api/v1/admin/...
     admin_api.install(app, API_PREFIX)
+    webhooks_admin.install(app, API_PREFIX)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastAPIResponse:

@@ -19,6 +19,9 @@ def test_migrate_creates_only_nx1_tables_and_is_idempotent(engine):
         "nx1_audit",
         "nx1_run_requests",
         "nx1_retired_snapshots",
+        "nx1_webhooks",
+        "nx1_webhook_events",
+        "nx1_webhook_deliveries",
     }
     assert store.current_revision(engine) == store.head_revision()
 

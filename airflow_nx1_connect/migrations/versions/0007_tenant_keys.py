@@ -6,7 +6,7 @@ neither, so they read as before. Columns are added with ALTER TABLE ADD COLUMN (
 rebuilt, so SQLite never drops and recreates `nx1_api_keys`, whose usage rows cascade).
 
 Revision ID: 0007_tenant_keys
-Revises: 0005_least_privilege
+Revises: 0006_webhooks
 Create Date: 2026-12-04
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_tenant_keys"
-down_revision = "0005_least_privilege"
+down_revision = "0006_webhooks"
 branch_labels = None
 depends_on = None
 
