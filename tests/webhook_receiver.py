@@ -95,8 +95,16 @@ if __name__ == "__main__":
         while True:
             posts = r.wait_for(seen + 1, timeout=3600)
             for post in posts[seen:]:
+                event = json.loads(post["body"] or b"{}")
+                snapshot = (event.get("data") or {}).get("snapshot") or {}
                 print(
-                    json.dumps({"id": post["headers"].get("webhook-id"), "at": post["at"]}),
+                    json.dumps(
+                        {
+                            "id": post["headers"].get("webhook-id"),
+                            "at": post["at"],
+                            "snapshot": snapshot.get("id"),
+                        }
+                    ),
                     flush=True,
                 )
             seen = len(posts)
