@@ -24,6 +24,7 @@ MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks.serve_bench", ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R9")),
     ("benchmarks.changes_bench", ("C1",)),
     ("benchmarks.mount_bench", ("M1",)),
+    ("benchmarks.webhooks_bench", ("H1", "H2")),
     ("benchmarks.large_bench", ("W4", "W5")),
 )
 #: Table columns: (row key, header).

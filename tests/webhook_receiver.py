@@ -95,8 +95,11 @@ if __name__ == "__main__":
         while True:
             posts = r.wait_for(seen + 1, timeout=3600)
             for post in posts[seen:]:
-                print(
-                    json.dumps({"id": post["headers"].get("webhook-id"), "at": post["at"]}),
-                    flush=True,
-                )
+                data = json.loads(post["body"] or b"{}").get("data") or {}
+                line = {
+                    "id": post["headers"].get("webhook-id"),
+                    "at": post["at"],
+                    "snapshot": (data.get("snapshot") or {}).get("id"),
+                }
+                print(json.dumps(line), flush=True)
             seen = len(posts)
