@@ -25,6 +25,7 @@ MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks.tenants_bench", ("R8",)),
     ("benchmarks.changes_bench", ("C1",)),
     ("benchmarks.mount_bench", ("M1",)),
+    ("benchmarks.webhooks_bench", ("H1", "H2")),
     ("benchmarks.large_bench", ("W4", "W5")),
 )
 #: Table columns: (row key, header).

@@ -201,7 +201,9 @@ async def delivery_lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         if get_settings().webhook_deliver_in_api_server:
             background = delivery.Background(
-                delivery.Deliverer(engines.get_engine, get_settings)
+                delivery.Deliverer(
+                    engines.get_engine, get_settings, concurrency=delivery.SERVER_CONCURRENCY
+                )
             ).start()
     except Exception as exc:  # a bad setting must not keep the api-server from starting
         log.warning("Webhook delivery is not started: %s", exc)

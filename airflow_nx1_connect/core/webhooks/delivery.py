@@ -53,8 +53,11 @@ CONNECT_TIMEOUT_S = 5.0
 #: How long a claim holds a delivery: far longer than an attempt, so only a dead (or frozen)
 #: deliverer's claims expire.
 LEASE_S = 30
-#: Deliveries in flight per deliverer.
+#: Deliveries in flight per deliverer (`nx1-connect webhooks deliver`, a process of its own).
 CONCURRENCY = 32
+#: Deliveries in flight in the api-server's own deliverer: few, so that a drain of pending
+#: deliveries (signing, sending, recording each) leaves the data API's requests their CPU.
+SERVER_CONCURRENCY = 4
 #: Seconds between two looks for due deliveries when there were none.
 POLL_S = 0.5
 #: Longest error text kept on a delivery.
