@@ -234,9 +234,9 @@ def test_keys_list_shows_usage(api_store, adapters, monkeypatch):
     assert listed[key_id]["usage"] == {"today": 2, "last_7_days": 2, "total": 2}
     assert listed[key_id]["rate_limit"] == 7
     table = ok("keys", "list", "--data-api", "sales").stdout.splitlines()
-    assert table[0].split()[-1] == "USAGE"
+    assert table[0].split()[-2:] == ["USAGE", "POLICY"]
     row = next(line for line in table if line.startswith(key_id))
-    assert row.split()[-1] == "2/2/2"
+    assert row.split()[-2:] == ["2/2/2", "-"]
     keys.delete_key(api_store.engine, key_id)
 
 
