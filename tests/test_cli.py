@@ -63,6 +63,7 @@ def _create(name: str = "sales", days: str = "30", *extra: str) -> tuple[str, st
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_db_migrate_creates_the_store_and_is_safe_to_repeat(store_env):
     # A store that was never migrated is reported as such.
     user_error("keys", "list", expect="Run: nx1-connect db migrate")
@@ -80,6 +81,7 @@ def test_db_migrate_creates_the_store_and_is_safe_to_repeat(store_env):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_key_lifecycle(sales):
     """create / list / extend / revoke / delete; no output but create's stdout has the key."""
     RAN.clear()
@@ -138,6 +140,7 @@ def test_keys_create_output_is_the_key_alone(sales):
     assert secret[12:] not in ok("keys", "list").stdout
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_user_errors_exit_1_with_one_line(sales):
     created = keys.create_key(sales, data_api="sales", days=1)
     kid = created.key.id
@@ -196,6 +199,7 @@ def test_description_cannot_inject_terminal_controls(sales):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_apis_and_snapshots_list(sales):
     items = json.loads(ok("apis", "list", "--json").stdout)
     assert [i["name"] for i in items] == ["ops", "sales"]
@@ -219,6 +223,7 @@ def test_apis_and_snapshots_list(sales):
     assert res.stdout == "" and "no published snapshot" in res.stderr
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_apis_delete_removes_keys_and_snapshots(sales):
     secret, _ = _create("sales", "1")
     other, other_id = _create("ops", "1")
@@ -241,6 +246,7 @@ def test_apis_delete_removes_keys_and_snapshots(sales):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_unreachable_store_is_one_line(tmp_path):
     for url in ("postgresql://postgres@127.0.0.1:9/nx1", "sqlite:////proc/nx1-nope/store.db"):
         env = {"AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": url}
@@ -379,6 +385,7 @@ def test_no_secret_or_hash_in_logs_of_a_cli_cycle(sales, caplog):
     assert _leaks("\n".join([logged, caplog.text, *texts]), secret) == []
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_keys_carry_scopes_and_rate_limits(sales):
     secret, key_id = _create("sales", "30", "--scope", "run", "--rate-limit", "120")
     _plain_secret, plain_id = _create("sales", "30")

@@ -354,6 +354,7 @@ def test_usage_is_read_per_key_and_day(engine: Any) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the console script many times
 def test_cli_apis_create_rotate_and_audit(store_env: str, engine: Any, rule_dags: Any) -> None:
     res = ok(
         "apis", "create", "weekly", "--kind", "engineer", "--dag", "bank", "--task", "metrics",
