@@ -34,12 +34,12 @@ class Nx1WebhooksView(BaseView):
     base_permissions: list[str] = []
 
     # The admin view's helpers (login, permission and CSRF checks, pages, errors).
-    _engine = Nx1ConnectView._engine
-    _login_url = Nx1ConnectView._login_url
+    _engine = staticmethod(Nx1ConnectView._engine)
+    _login_url = staticmethod(Nx1ConnectView._login_url)
     _page = Nx1ConnectView._page
     _forbidden = Nx1ConnectView._forbidden
     _error = Nx1ConnectView._error
-    _csrf_token = Nx1ConnectView._csrf_token
+    _csrf_token = staticmethod(Nx1ConnectView._csrf_token)
     _check_csrf = Nx1ConnectView._check_csrf
     _data_api = Nx1ConnectView._data_api
 
