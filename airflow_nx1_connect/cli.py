@@ -20,13 +20,11 @@ from airflow_nx1_connect.cli_support import (
     _note,
     _print_json,
     _print_table,
+    json_option,
 )
 from airflow_nx1_connect.core import engines, key_options
 from airflow_nx1_connect.core.clock import iso
 
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON array of objects instead of a table."
-)
 days_option = click.option(
     "--days",
     required=True,

@@ -117,3 +117,9 @@ def _actor() -> Any:
     from airflow_nx1_connect.core import audit, control
 
     return control.Actor.operator(audit.cli_actor())
+
+
+#: `--json` on every listing command.
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON array of objects instead of a table."
+)

@@ -25,6 +25,7 @@ from airflow_nx1_connect.cli_support import (
     _note,
     _print_json,
     _print_table,
+    json_option,
 )
 from airflow_nx1_connect.core import engines
 
@@ -42,11 +43,6 @@ def _stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON array of objects instead of a table."
-)
 
 
 @click.group(cls=_Group)
