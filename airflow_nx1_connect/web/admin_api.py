@@ -425,21 +425,27 @@ def _method_not_allowed(allowed: list[str]) -> Any:
     return refuse
 
 
-def install(app: FastAPI, api_prefix: str) -> None:
-    """Add the admin routes under `{api_prefix}/admin` and map core errors to problem+json.
-
-    Other methods on an admin path get 405 with that path's own `Allow` header.
-    """
-    app.include_router(router, prefix=api_prefix)
+def include_with_405(app: FastAPI, routes: APIRouter, api_prefix: str) -> None:
+    """Add `routes` under `api_prefix`, and on each of their paths answer every other method
+    with 405 and that path's own `Allow` header."""
+    app.include_router(routes, prefix=api_prefix)
     allowed: dict[str, list[str]] = {}
-    for route in router.routes:
-        methods = sorted(getattr(route, "methods", ()) or ())
-        allowed.setdefault(api_prefix + route.path, []).extend(methods)  # type: ignore[attr-defined]
+    for route in routes.routes:
+        path: Any = getattr(route, "path", "")
+        allowed.setdefault(api_prefix + path, []).extend(getattr(route, "methods", ()) or ())
     for path, methods in allowed.items():
         others = [m for m in _METHODS if m not in methods]
         app.add_api_route(
             path, _method_not_allowed(sorted(methods)), methods=others, include_in_schema=False
         )
+
+
+def install(app: FastAPI, api_prefix: str) -> None:
+    """Add the admin routes under `{api_prefix}/admin` and map core errors to problem+json.
+
+    Other methods on an admin path get 405 with that path's own `Allow` header.
+    """
+    include_with_405(app, router, api_prefix)
 
     @app.exception_handler(Nx1Error)
     async def _nx1_error(request: Request, exc: Nx1Error) -> FastAPIResponse:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import JSONResponse
@@ -217,17 +217,5 @@ async def delivery_lifespan(app: FastAPI) -> AsyncIterator[None]:
 def install(app: FastAPI, api_prefix: str) -> None:
     """Add the webhook routes under `{api_prefix}/admin` (other methods on their paths: 405
     with `Allow`, as on the other admin paths) and the delivery loop's lifespan."""
-    app.include_router(router, prefix=api_prefix)
-    allowed: dict[str, list[str]] = {}
-    for route in router.routes:
-        path: Any = getattr(route, "path", "")
-        allowed.setdefault(api_prefix + path, []).extend(getattr(route, "methods", ()) or ())
-    for path, methods in allowed.items():
-        others = [m for m in admin_api._METHODS if m not in methods]
-        app.add_api_route(
-            path,
-            admin_api._method_not_allowed(sorted(methods)),
-            methods=others,
-            include_in_schema=False,
-        )
+    admin_api.include_with_405(app, router, api_prefix)
     app.router.lifespan_context = delivery_lifespan
