@@ -16,6 +16,13 @@ from collections.abc import Sequence
 RETRY_AFTER_S = "5"
 
 
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message` of any exception (a driver's own error for a
+    SQLAlchemy one), for a log line."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 class Nx1Error(Exception):
     """Base class of every error this package raises on purpose."""
 
@@ -37,8 +44,7 @@ class Nx1Error(Exception):
 
     def log_text(self) -> str:
         """The line logged (at `log_level`) when this error is answered over HTTP."""
-        text = str(self).strip().splitlines()
-        return f"{type(self).__name__}: {text[0] if text else ''}"
+        return one_line(self)
 
 
 class Problem(Nx1Error):

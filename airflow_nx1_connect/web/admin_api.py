@@ -32,6 +32,7 @@ from airflow_nx1_connect.core.errors import (
     KeyNotFound,
     Nx1Error,
     Problem,
+    one_line,
 )
 from airflow_nx1_connect.core.serving import http
 from airflow_nx1_connect.rule_tasks import find_rule_task
@@ -94,7 +95,7 @@ async def _caller(
     except HTTPException:
         raise AdminAuthError("The Airflow API token is invalid or has expired.") from None
     except Exception as exc:  # e.g. no auth manager: this app runs outside the api-server
-        log.warning("Could not check an Airflow API token: %s", http.one_line(exc))
+        log.warning("Could not check an Airflow API token: %s", one_line(exc))
         raise AdminAuthError("The Airflow API token cannot be checked by this server.") from None
     client = request.client.host if request.client else None
     return Caller(user, client)

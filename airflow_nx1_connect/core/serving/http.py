@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlencode
 import sqlalchemy as sa
 
 from airflow_nx1_connect.core.clock import http_date
-from airflow_nx1_connect.core.errors import Nx1Error, Problem, StoreUnavailable
+from airflow_nx1_connect.core.errors import Nx1Error, Problem, StoreUnavailable, one_line
 from airflow_nx1_connect.core.serving import compression
 
 log = logging.getLogger(__name__)
@@ -243,11 +243,6 @@ def problem_for(exc: BaseException) -> Response:
         "Internal error",
         "The server failed to answer this request; the error is in its log.",
     )
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def etag_for(*parts: Any) -> str:
