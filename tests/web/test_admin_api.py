@@ -81,6 +81,12 @@ def api_app(rule_dags: Any) -> Iterator[Any]:
                     sm.add_user(
                         name, name, "Test", f"{name}@example.com", sm.find_role(role), PASSWORD
                     )
+        # Read the DAG folder once now, as a running server has by the time it is fuzzed: the
+        # first unknown `dag_id` costs a child parse (Airflow's import, seconds under load),
+        # which would otherwise land on one generated request and its 10 s read timeout.
+        from airflow_nx1_connect.rule_tasks import find_rule_task
+
+        assert find_rule_task("nx1t-no-such-dag", "t") is None
         try:
             yield app
         finally:

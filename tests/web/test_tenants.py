@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import strategies as st
 
-from airflow_nx1_connect import cli as cli_module
+from airflow_nx1_connect.cli_support import CELL_WIDTH
 from airflow_nx1_connect.core import audit, control, keys, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from airflow_nx1_connect.core.errors import ValidationError
@@ -559,7 +559,7 @@ def test_cli_creates_a_scoped_key_and_refuses_a_bad_policy(
     assert all("row_filter" in k and "columns" in k for k in listed)
     table = ok("keys", "list", "--data-api", "tenants", env=env).stdout
     policy_text = "where region=eq.EU and units=lt.50; columns id,units"
-    width = cli_module.CELL_WIDTH
+    width = CELL_WIDTH
     shown = policy_text if len(policy_text) <= width else policy_text[: width - 3] + "..."
     assert shown in table
     base = ("keys", "create", "--data-api", "tenants", "--days", "3")
