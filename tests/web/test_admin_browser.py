@@ -123,6 +123,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__NX1_CONNECT__SQL_ALCHEMY_CONN": store_url,
+        # test_webhooks_browser's receivers listen on loopback; a failed push is retried
+        # after 2 s once, then after 10 minutes.
+        "AIRFLOW__NX1_CONNECT__WEBHOOK_ALLOW_PRIVATE_HOSTS": "True",
+        "AIRFLOW__NX1_CONNECT__WEBHOOK_RETRY_DELAYS": "2,600",
     }
     env.pop("AIRFLOW__FAB__SESSION_BACKEND", None)  # the default: database
     airflow = [sys.executable, "-m", "airflow"]
