@@ -14,6 +14,7 @@ _INTEGERS = {
     "max_key_days",
     "default_rate_limit",
     "read_timeout_s",
+    "webhook_history_days",
 }
 _EXAMPLES = {
     "sql_alchemy_conn": "postgresql+psycopg://user:pass@host:5432/nx1",
@@ -35,6 +36,7 @@ _VERSION_ADDED = {
     "webhook_retry_delays": "0.3.0",
     "webhook_allow_private_hosts": "0.3.0",
     "webhook_deliver_in_api_server": "0.3.0",
+    "webhook_history_days": "0.3.0",
 }
 
 

@@ -6,7 +6,7 @@ A real `airflow api-server --workers 1` with the plugin, in a fresh AIRFLOW_HOME
 store a SQLite file holding the data API `bench_hooks` (a 10,000-row snapshot, a key) and one
 webhook to a receiver on loopback: `python -m tests.webhook_receiver`, a process of its own
 (a threaded `http.server` answering 204), which prints the arrival time of every POST. The
-api-server's delivery loop (started with the plugin's FastAPI app) does all the delivering.
+api-server's delivery process (started with the plugin's FastAPI app) does all the delivering.
 
 - H1: 1,000 `ping` deliveries are made pending in one transaction; the figure is their number
   divided by the time from that commit to the receiver's last arrival (deliveries/s). Meanwhile

@@ -96,10 +96,17 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "addresses (e.g. a receiver on this machine). Off by default: such URLs are refused "
         "at creation and at delivery.",
     ),
+    "webhook_history_days": (
+        "30",
+        "Days a finished webhook delivery (delivered or failed) and its event are kept for the "
+        "deliveries page and listing; then a delivering process deletes them. Pending and "
+        "retrying deliveries are kept until they finish.",
+    ),
     "webhook_deliver_in_api_server": (
         "True",
-        "When True, every api-server process delivers webhooks (they share the work). Set "
-        "False when `nx1-connect webhooks deliver` runs as a process of its own.",
+        "When True, every api-server process starts a webhook delivery process of its own (a "
+        "child at a lower CPU priority; they share the work). Set False when `nx1-connect "
+        "webhooks deliver` runs apart.",
     ),
 }
 
@@ -289,6 +296,7 @@ class Settings:
     csv_escape_formulas: bool = False
     webhook_retry_delays: tuple[int, ...] = (5, 30, 120, 600, 3600, 21600)
     webhook_allow_private_hosts: bool = False
+    webhook_history_days: int = 30
     webhook_deliver_in_api_server: bool = True
 
 
@@ -307,6 +315,7 @@ def _settings(values: dict[str, str]) -> Settings:
         csv_escape_formulas=_boolean(values, "csv_escape_formulas"),
         webhook_retry_delays=_seconds_list(values, "webhook_retry_delays"),
         webhook_allow_private_hosts=_boolean(values, "webhook_allow_private_hosts"),
+        webhook_history_days=_whole_number(values, "webhook_history_days"),
         webhook_deliver_in_api_server=_boolean(values, "webhook_deliver_in_api_server"),
     )
     if settings.default_page_size > settings.max_page_size:

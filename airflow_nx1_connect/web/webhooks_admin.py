@@ -7,13 +7,14 @@ keys) creates, deletes and tests them. Creating, deleting and testing are audite
 is in the answer to the creation only.
 
 `install` also gives the plugin's FastAPI app a lifespan: the api-server enters the lifespans of
-the apps it mounts, so every api-server process runs a `core.webhooks.delivery.Deliverer` on a
-thread of its own (unless `[nx1_connect] webhook_deliver_in_api_server` is False), and stops it
-when it shuts down.
+the apps it mounts, so every api-server process starts a webhook delivery process of its own
+(`core.webhooks.process`, unless `[nx1_connect] webhook_deliver_in_api_server` is False), and
+stops it when it shuts down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.responses import Response as FastAPIResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from airflow_nx1_connect.core import engines, webhooks
+from airflow_nx1_connect.core import webhooks
 from airflow_nx1_connect.core.settings import get_settings
 from airflow_nx1_connect.core.snapshots import NAME_RE
 from airflow_nx1_connect.web import admin_api
@@ -194,24 +195,33 @@ def test_webhook(webhook_id: str, caller: CallerDep) -> JSONResponse:
 
 @asynccontextmanager
 async def delivery_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run a webhook deliverer beside the app while it is served (see the module docstring)."""
-    from airflow_nx1_connect.core.webhooks import delivery
+    """Run a webhook delivery process beside the app while it is served (see the module
+    docstring); a delivery process that dies is started again."""
+    from airflow_nx1_connect.core.webhooks.process import RESTART_AFTER_S, DeliveryProcess
 
-    background = None
+    child = None
     try:
         if get_settings().webhook_deliver_in_api_server:
-            background = delivery.Background(
-                delivery.Deliverer(
-                    engines.get_engine, get_settings, concurrency=delivery.SERVER_CONCURRENCY
-                )
-            ).start()
+            child = DeliveryProcess().start()
     except Exception as exc:  # a bad setting must not keep the api-server from starting
         log.warning("Webhook delivery is not started: %s", exc)
+
+    async def watch(process: DeliveryProcess) -> None:
+        while True:
+            await asyncio.sleep(RESTART_AFTER_S)
+            try:
+                process.watch()
+            except Exception as exc:
+                log.warning("The webhook delivery process cannot be started: %s", exc)
+
+    watcher = asyncio.create_task(watch(child)) if child is not None else None
     try:
         yield
     finally:
-        if background is not None:
-            background.stop()
+        if watcher is not None:
+            watcher.cancel()
+        if child is not None:
+            await asyncio.to_thread(child.stop)
 
 
 def install(app: FastAPI, api_prefix: str) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -382,14 +383,110 @@ def test_slow_receiver_never_delays_a_publish(api):
     quiet = timed_publishes()
     with Receiver(sleep_s=30) as receiver:
         subscribe(api, receiver.url)
-        background = delivery.Background(
-            delivery.Deliverer(lambda: api, get_settings, poll_s=0.05)
-        ).start()
+        deliverer = delivery.Deliverer(lambda: api, get_settings, poll_s=0.05)
+        loop = threading.Thread(target=asyncio.run, args=(deliverer.run(),), daemon=True)
+        loop.start()
         try:
             webhooks.send_test(api, webhooks.list_webhooks(api)[0].id)
             receiver.wait_for(1)
             busy = timed_publishes()
             receiver.wait_for(6, timeout=20)  # every publish's POST is held by the receiver
         finally:
-            background.stop(timeout=1)
+            deliverer.stop()
+            loop.join(timeout=3)
     assert busy < max(3 * quiet, quiet + 1.0), (quiet, busy)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_the_api_servers_delivery_process_delivers_niced_and_ends_with_its_parent(api):
+    """`DeliveryProcess` (what each api-server process starts): the child delivers, runs at a
+    lower CPU priority than its parent, is started again when it dies, and ends by itself
+    within seconds of its parent being SIGKILLed."""
+    from airflow_nx1_connect.core.webhooks import process
+
+    code = (
+        "import time\n"
+        "from airflow_nx1_connect.core.webhooks.process import DeliveryProcess\n"
+        "child = DeliveryProcess().start()\n"
+        "print(child.proc.pid, flush=True)\n"
+        "for _ in range(600):\n"
+        "    time.sleep(1)\n"
+        "    child.watch()\n"
+        "    print(child.proc.pid, flush=True)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    assert parent.stdout is not None
+    try:
+        child = int(parent.stdout.readline())
+        with Receiver() as receiver:
+            hook = subscribe(api, receiver.url)
+            webhooks.send_test(api, hook.webhook.id)
+            [post] = receiver.wait_for(1, timeout=60)
+        Verifier(hook.secret).verify(post["body"], post["headers"])
+        mine = os.getpriority(os.PRIO_PROCESS, parent.pid)
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(mine + process.NICE, 19)
+
+        os.kill(child, signal.SIGKILL)  # a dead child is started again
+        deadline = time.monotonic() + process.RESTART_AFTER_S + 30
+        while (again := int(parent.stdout.readline())) == child:
+            assert time.monotonic() < deadline, "the delivery process was not restarted"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while not _gone(again):
+            assert time.monotonic() < deadline, "the delivery process outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=10)
+
+
+def test_history_older_than_webhook_history_days_is_deleted(api, monkeypatch):
+    """Finished deliveries (delivered, failed) whose last attempt is older than
+    `webhook_history_days`, and then their events, are deleted by a delivering process;
+    pending and retrying ones, and recent ones, are kept whatever their age."""
+    monkeypatch.setenv("AIRFLOW__NX1_CONNECT__WEBHOOK_HISTORY_DAYS", "7")
+    hook = subscribe(api, "http://127.0.0.1:9/hook")
+    now = dt.datetime.now(dt.timezone.utc)
+    old, recent = now - dt.timedelta(days=8), now - dt.timedelta(days=6)
+    made = {}
+    for name, status, at in [
+        ("old_delivered", "delivered", old),
+        ("old_failed", "failed", old),
+        ("old_pending", "pending", None),
+        ("old_retrying", "retrying", old),
+        ("recent_delivered", "delivered", recent),
+    ]:
+        event_id = webhooks.send_test(api, hook.webhook.id, now=old)
+        with api.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.event_id == event_id)
+                .values(
+                    status=status,
+                    last_attempt_at=at,
+                    next_attempt_at=now + dt.timedelta(days=1)
+                    if status in ("pending", "retrying")
+                    else None,
+                )
+            )
+        made[name] = event_id
+    assert drain(api) == 0  # nothing is due; the first turn deletes the old history
+    with api.connect() as conn:
+        left = set(conn.execute(sa.select(events.c.id)).scalars())
+        kept = set(conn.execute(sa.select(deliveries.c.event_id)).scalars())
+    assert left == kept == {made[n] for n in ("old_pending", "old_retrying", "recent_delivered")}
+    assert delivery.prune(api, now - dt.timedelta(days=7)) == (0, 0)
+    assert delivery.prune(api, now) == (1, 1)  # the recent delivered one, then its event

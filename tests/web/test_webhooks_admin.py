@@ -186,11 +186,20 @@ def test_the_plugin_app_delivers_while_it_is_served(
         )
         with _client(api_app) as served:  # runs the lifespans, as the api-server does
             assert served.get("/api/v2/monitor/health").status_code == 200
+            # The api-server's delivery process is up once it has delivered a ping.
+            webhooks.send_test(engine, created.webhook.id)
+            receiver.wait_for(1, timeout=90)
             started = time.monotonic()
             snap = writer.write_snapshot(
                 engine, data_api="sales", columns=[snaps.Column("id", "INTEGER")], batches=[[(5,)]]
             )
-            [post] = receiver.wait_for(1, timeout=10)
+            [_ping, post] = receiver.wait_for(2, timeout=10)
             latency = time.monotonic() - started
+        # The app has shut down, and its delivery process with it: nothing is pushed now.
+        writer.write_snapshot(
+            engine, data_api="sales", columns=[snaps.Column("id", "INTEGER")], batches=[[(6,)]]
+        )
+        time.sleep(3)
+        assert len(receiver.posts) == 2
         body = Verifier(created.secret).verify(post["body"], post["headers"])
     assert body["data"]["snapshot"]["id"] == snap.id and latency < 10

@@ -1,6 +1,6 @@
 """Delivering webhook events: claim due deliveries, sign, POST, record, retry.
 
-One `Deliverer` runs in every api-server process (a thread of its own with its own event loop,
+One `Deliverer` runs in a child process of every api-server process (`core.webhooks.process`,
 started with the plugin's FastAPI app) or as `nx1-connect webhooks deliver`. Any number of them
 may run against one store, on any number of hosts:
 
@@ -15,9 +15,12 @@ may run against one store, on any number of hosts:
   pinned to it, with the host name kept for `Host` and TLS), signs the stored body per Standard
   Webhooks with a fresh `webhook-timestamp`, and POSTs it with httpx: no redirects followed, no
   proxies from the environment, at most `ATTEMPT_TIMEOUT_S` in all. A 2xx is delivered.
-- `finish` records the answer: `delivered`, or `retrying` after the next of
-  `webhook_retry_delays`, or `failed` after the last. It only touches a delivery still claimed
-  by this deliverer.
+- `finish` records answers (a turn's worth, in one transaction): `delivered`, or `retrying`
+  after the next of `webhook_retry_delays`, or `failed` after the last. It only touches a
+  delivery still claimed by this deliverer. An answer that cannot be recorded leaves its claim
+  to expire: the delivery is attempted again (at least once).
+- `prune` (once an hour per deliverer) deletes finished deliveries, and then events left
+  without deliveries, older than `webhook_history_days`.
 
 Rule tasks and publishes only insert rows (`core.webhooks.record_publish`); nothing here runs
 in them, so a slow or dead receiver never delays one.
@@ -53,13 +56,19 @@ CONNECT_TIMEOUT_S = 5.0
 #: How long a claim holds a delivery: far longer than an attempt, so only a dead (or frozen)
 #: deliverer's claims expire.
 LEASE_S = 30
-#: Deliveries in flight per deliverer (`nx1-connect webhooks deliver`, a process of its own).
+#: Deliveries in flight per deliverer.
 CONCURRENCY = 32
-#: Deliveries in flight in the api-server's own deliverer: few, so that a drain of pending
-#: deliveries (signing, sending, recording each) leaves the data API's requests their CPU.
-SERVER_CONCURRENCY = 4
+#: After an attempt finishes, how long the loop waits for others before it records them (and
+#: claims more) in one go.
+BATCH_WINDOW_S = 0.01
+#: How often a deliverer deletes the history older than `webhook_history_days` (seconds),
+#: and how many rows one of its transactions deletes at most.
+PRUNE_EVERY_S = 3600.0
+PRUNE_BATCH = 1000
 #: Seconds between two looks for due deliveries when there were none.
 POLL_S = 0.5
+#: Bytes of a receiver's answer read (and dropped) so that the connection can be reused.
+ANSWER_BYTES = 65536
 #: Longest error text kept on a delivery.
 ERROR_LENGTH = 500
 USER_AGENT = "airflow-nx1-connect-webhooks"
@@ -164,37 +173,85 @@ def outcome(
     return "failed", None
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One attempt's answer, waiting to be recorded."""
+
+    item: Claimed
+    response_status: int | None
+    error: str | None
+    at: dt.datetime
+
+
 def finish(
-    engine: Engine,
-    worker: str,
-    item: Claimed,
-    *,
-    response_status: int | None,
-    error: str | None,
-    delays: tuple[int, ...],
-    now: dt.datetime | None = None,
-) -> str:
-    """Record one attempt's answer on a delivery still claimed by `worker`; its new status."""
-    now = now or utcnow()
-    ok = error is None and response_status is not None and 200 <= response_status < 300
-    attempts = item.attempts + 1
-    status, next_at = outcome(attempts, ok, delays, now)
+    engine: Engine, worker: str, answers: list[Answer], *, delays: tuple[int, ...]
+) -> list[str]:
+    """Record attempts' answers, in one transaction, on deliveries still claimed by `worker`;
+    their new statuses (in order)."""
+    if not answers:
+        return []
+    statuses: list[str] = []
+    params: list[dict[str, Any]] = []
+    for answer in answers:
+        code, error = answer.response_status, answer.error
+        ok = error is None and code is not None and 200 <= code < 300
+        attempts = answer.item.attempts + 1
+        status, next_at = outcome(attempts, ok, delays, answer.at)
+        statuses.append(status)
+        params.append(
+            {
+                "b_id": answer.item.id,
+                "b_attempts": attempts,
+                "b_status": status,
+                "b_next": next_at,
+                "b_last": answer.at,
+                "b_code": code,
+                "b_error": (error or None) and error[:ERROR_LENGTH],
+            }
+        )
     with engine.begin() as conn:
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id == item.id, deliveries.c.claimed_by == worker)
+            .where(deliveries.c.id == sa.bindparam("b_id"), deliveries.c.claimed_by == worker)
             .values(
-                attempts=attempts,
-                status=status,
-                next_attempt_at=next_at,
-                last_attempt_at=now,
-                response_status=response_status,
-                error=(error or None) and error[:ERROR_LENGTH],
+                attempts=sa.bindparam("b_attempts"),
+                status=sa.bindparam("b_status"),
+                next_attempt_at=sa.bindparam("b_next"),
+                last_attempt_at=sa.bindparam("b_last"),
+                response_status=sa.bindparam("b_code"),
+                error=sa.bindparam("b_error"),
                 claimed_by=None,
                 claimed_until=None,
-            )
+            ),
+            params,
         )
-    return status
+    return statuses
+
+
+def prune(engine: Engine, older_than: dt.datetime, batch: int = PRUNE_BATCH) -> tuple[int, int]:
+    """Delete finished deliveries (delivered or failed) whose last attempt is before
+    `older_than`, then the events left with no delivery that are older too; in short
+    transactions of at most `batch` rows. Returns (deliveries, events) deleted."""
+    finished = sa.and_(
+        deliveries.c.status.in_(("delivered", "failed")),
+        sa.func.coalesce(deliveries.c.last_attempt_at, deliveries.c.created_at) < older_than,
+    )
+    orphaned = sa.and_(
+        events.c.created_at < older_than,
+        ~sa.exists().where(deliveries.c.event_id == events.c.id),
+    )
+    counts = []
+    for table, where in ((deliveries, finished), (events, orphaned)):
+        total = 0
+        while True:
+            chosen = sa.select(table.c.id).where(where).limit(batch).scalar_subquery()
+            with engine.begin() as conn:
+                done = conn.execute(table.delete().where(table.c.id.in_(chosen))).rowcount
+            total += done
+            if done < batch:
+                break
+        counts.append(total)
+    return counts[0], counts[1]
 
 
 def _pinned(url: str, address: str) -> str:
@@ -264,7 +321,14 @@ async def attempt(
 
     async def send() -> int:
         response = await client.send(request, stream=True, follow_redirects=False)
-        await response.aclose()  # the answer's body is not read
+        try:  # read a short answer, so that its connection is kept for the next attempt
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read > ANSWER_BYTES:
+                    break  # a long answer is not read: its connection is closed
+        finally:
+            await response.aclose()
         return int(response.status_code)
 
     try:
@@ -313,19 +377,29 @@ class Deliverer:
         self.worker = worker_id()
         self.stopping = threading.Event()
         self.attempts = 0
+        #: Answers of finished attempts, recorded by the loop's next turn.
+        self.answers: list[Answer] = []
+        #: When to delete old history next (monotonic seconds): at the first turn.
+        self.prune_at = 0.0
 
     async def run(self, *, once: bool = False) -> int:
         """Deliver until `stop()` (or, with `once`, until nothing is due and nothing is in
-        flight). Returns the attempts made."""
+        flight). Returns the attempts made.
+
+        Each turn of the loop records the answers that came back since the last turn and
+        claims what is due, in one call to the store (two short transactions), so a drain costs
+        about one commit per turn rather than two per delivery.
+        """
         running: set[asyncio.Task[None]] = set()
         async with new_client() as client:
             while not self.stopping.is_set():
+                answers, self.answers = self.answers, []
                 free = self.concurrency - len(running)
                 claimed: list[Claimed] = []
-                if free > 0:
+                if answers or free > 0:
                     try:
-                        claimed = await asyncio.to_thread(claim, self.engine(), self.worker, free)
-                    except Exception as exc:
+                        claimed = await asyncio.to_thread(self._record_and_claim, answers, free)
+                    except Exception as exc:  # recorded-or-not, their claims expire: resent
                         log.warning("Webhook deliveries cannot be claimed now: %s", _line(exc))
                         if once:
                             raise
@@ -338,23 +412,58 @@ class Deliverer:
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)
                     continue
-                if once and not claimed and not running:
+                if once and not claimed and not running and not self.answers:
                     break
                 if running and (once or len(running) >= self.concurrency):
-                    await asyncio.wait(
+                    done, _ = await asyncio.wait(
                         running, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
                     )
+                    if done and running:  # let the others that are about to finish join in
+                        await asyncio.wait(running, timeout=BATCH_WINDOW_S)
                     continue
                 await self._sleep(self.poll_s)
             for task in running:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-                try:
-                    await asyncio.to_thread(release, self.engine(), self.worker)
-                except Exception as exc:  # they expire after LEASE_S instead
-                    log.warning("Webhook claims cannot be released: %s", _line(exc))
+            try:
+                answers, self.answers = self.answers, []
+                await asyncio.to_thread(self._record_and_claim, answers, 0)
+                await asyncio.to_thread(release, self.engine(), self.worker)
+            except Exception as exc:  # they expire after LEASE_S instead
+                log.warning("Webhook claims cannot be released: %s", _line(exc))
         return self.attempts
+
+    def _record_and_claim(self, answers: list[Answer], free: int) -> list[Claimed]:
+        """(In a worker thread) record `answers`, then claim up to `free` due deliveries."""
+        engine = self.engine()
+        if answers:
+            statuses = finish(
+                engine, self.worker, answers, delays=self.settings().webhook_retry_delays
+            )
+            for answer, status in zip(answers, statuses, strict=True):
+                item = answer.item
+                level = logging.DEBUG if status == "delivered" else logging.INFO
+                log.log(
+                    level,
+                    "Webhook delivery %s (event %s) attempt %d: %s%s",
+                    item.id,
+                    item.event_id,
+                    item.attempts + 1,
+                    status,
+                    f" ({answer.error})" if answer.error else "",
+                )
+        if time.monotonic() >= self.prune_at:
+            self.prune_at = time.monotonic() + PRUNE_EVERY_S
+            days = self.settings().webhook_history_days
+            gone = prune(engine, utcnow() - dt.timedelta(days=days))
+            if any(gone):
+                log.info(
+                    "Deleted %d webhook deliveries and %d events older than %d days",
+                    *gone,
+                    days,
+                )
+        return claim(engine, self.worker, free) if free > 0 else []
 
     async def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -367,29 +476,7 @@ class Deliverer:
             client, item, allow_private=settings.webhook_allow_private_hosts
         )
         self.attempts += 1
-        try:
-            result = await asyncio.to_thread(
-                finish,
-                self.engine(),
-                self.worker,
-                item,
-                response_status=status,
-                error=error,
-                delays=settings.webhook_retry_delays,
-            )
-        except Exception as exc:  # the claim expires; the delivery is attempted again
-            log.warning(
-                "Webhook delivery %s: its result cannot be recorded: %s", item.id, _line(exc)
-            )
-            return
-        log.info(
-            "Webhook delivery %s (event %s) attempt %d: %s%s",
-            item.id,
-            item.event_id,
-            item.attempts + 1,
-            result,
-            f" ({error})" if error else "",
-        )
+        self.answers.append(Answer(item, status, error, utcnow()))
 
     def stop(self) -> None:
         """Ask the loop to end (in-flight attempts are cancelled; their claims expire)."""
@@ -399,25 +486,3 @@ class Deliverer:
 def _line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-class Background:
-    """A Deliverer on a daemon thread with its own event loop (the api-server's)."""
-
-    def __init__(self, deliverer: Deliverer) -> None:
-        self.deliverer = deliverer
-        self.thread = threading.Thread(target=self._main, name="nx1-webhooks", daemon=True)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self.deliverer.run())
-        except Exception:
-            log.exception("The webhook delivery loop stopped")
-
-    def start(self) -> Background:
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 3.0) -> None:
-        self.deliverer.stop()
-        self.thread.join(timeout)
