@@ -166,8 +166,9 @@ def webhooks_deliveries(webhook_id: str, limit: str | None, as_json: bool) -> No
 @webhooks.command("deliver")
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 def webhooks_deliver(once: bool) -> None:
-    """Run the webhook delivery loop in this process (every api-server runs one too, unless
-    [nx1_connect] webhook_deliver_in_api_server is False). Any number may run against one
+    """Run the webhook delivery loop in this process (every api-server process starts a
+    delivery process of its own too, unless [nx1_connect] webhook_deliver_in_api_server is
+    False). Any number may run against one
     store: each attempt is made by one of them. Stops on SIGINT or SIGTERM."""
     from airflow_nx1_connect.core import store
     from airflow_nx1_connect.core.settings import get_settings

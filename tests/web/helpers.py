@@ -28,6 +28,20 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
+
+def open_nx1(page: Any, url: str, user: str, password: str) -> Any:
+    """Log in to the Airflow UI at `url` through its own login form, open NX1 Connect from its
+    navigation (the view opens in the UI's iframe) and return that iframe's locator."""
+    page.goto(f"{url}/auth/login/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.locator("input[type=submit], button[type=submit]").first.click()
+    page.wait_for_url(lambda u: "/auth/login" not in u)
+    page.get_by_text("NX1 Connect", exact=True).first.click()
+    page.wait_for_url("**/plugin/nx1-connect")
+    return page.frame_locator("iframe").first
+
+
 #: Headers that must be identical between the adapters.
 COMPARED = (
     "content-type",

@@ -24,7 +24,7 @@ import pytest
 from airflow_nx1_connect.core import engines, writer
 from tests.api_server import running_api_server
 from tests.rule_dags import serialize, write_rule_dags
-from tests.web.helpers import CHROMIUM, CHROMIUM_ARGS
+from tests.web.helpers import CHROMIUM, CHROMIUM_ARGS, open_nx1
 
 pytestmark = pytest.mark.slow
 
@@ -158,17 +158,8 @@ def test_admin_creates_uses_and_revokes_a_key(server: Server) -> None:
             context.set_default_timeout(30_000)
             page = context.new_page()
 
-            # Log in through Airflow's own login form.
-            page.goto(f"{server.url}/auth/login/")
-            page.fill("input[name=username]", ADMIN)
-            page.fill("input[name=password]", PASSWORD)
-            page.locator("input[type=submit], button[type=submit]").first.click()
-            page.wait_for_url(lambda u: "/auth/login" not in u)
-
-            # Find NX1 Connect in the Airflow UI's navigation; it opens inside the UI.
-            page.get_by_text("NX1 Connect", exact=True).first.click()
-            page.wait_for_url("**/plugin/nx1-connect")
-            frame = page.frame_locator("iframe").first
+            # Log in through Airflow's own login form; NX1 Connect opens inside the UI.
+            frame = open_nx1(page, server.url, ADMIN, PASSWORD)
             expect(frame.locator("#nx1-data-apis")).to_be_visible()
             # Inside the Airflow UI: Airflow's sidebar and our page, no second (FAB) navbar.
             assert frame.locator(".navbar").count() == 0

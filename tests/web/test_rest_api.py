@@ -728,9 +728,13 @@ def _schema() -> Any:
     from fastapi import FastAPI
 
     from airflow_nx1_connect.web.api import create_app
+    from airflow_nx1_connect.web.misses import MountMisses
 
+    # As Airflow's api-server: the app mounted at /nx1, the plugin's root middleware for the
+    # paths that mount cannot match (a newline in a path parameter).
     parent = FastAPI()
     parent.mount("/nx1", create_app())
+    parent.add_middleware(MountMisses)
     return schemathesis.openapi.from_asgi(f"{BASE}/openapi.json", parent)
 
 

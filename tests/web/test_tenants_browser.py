@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.web import test_admin_browser as browser_env
+from tests.web.helpers import open_nx1
 from tests.web.test_admin_browser import API, CHROMIUM, CHROMIUM_ARGS, IMG, PASSWORD, Server
 
 pytestmark = pytest.mark.slow
@@ -29,14 +30,7 @@ def test_admin_makes_a_scoped_key_in_the_ui(server: Server) -> None:
             context = chromium.new_context(viewport={"width": 1440, "height": 1000})
             context.set_default_timeout(30_000)
             page = context.new_page()
-            page.goto(f"{server.url}/auth/login/")
-            page.fill("input[name=username]", browser_env.ADMIN)
-            page.fill("input[name=password]", PASSWORD)
-            page.locator("input[type=submit], button[type=submit]").first.click()
-            page.wait_for_url(lambda u: "/auth/login" not in u)
-            page.get_by_text("NX1 Connect", exact=True).first.click()
-            page.wait_for_url("**/plugin/nx1-connect")
-            frame = page.frame_locator("iframe").first
+            frame = open_nx1(page, server.url, browser_env.ADMIN, PASSWORD)
             frame.locator(f'tr[data-name="{API}"]').get_by_role("link", name="Create key").click()
             expect(frame.locator("#nx1-policy")).to_be_visible()
 

@@ -22,6 +22,7 @@ from airflow_nx1_connect.core import engines, webhooks, writer
 from airflow_nx1_connect.core import snapshots as snaps
 from tests.api_server import free_port
 from tests.web import test_admin_browser as browser_env
+from tests.web.helpers import open_nx1
 from tests.web.test_admin_browser import API, CHROMIUM, CHROMIUM_ARGS, IMG, PASSWORD, Server
 from tests.webhook_receiver import Receiver
 
@@ -56,14 +57,7 @@ def test_admin_subscribes_a_receiver_and_reads_its_deliveries(server: Server) ->
             context = chromium.new_context(viewport={"width": 1440, "height": 760})
             context.set_default_timeout(30_000)
             page = context.new_page()
-            page.goto(f"{server.url}/auth/login/")
-            page.fill("input[name=username]", browser_env.ADMIN)
-            page.fill("input[name=password]", PASSWORD)
-            page.locator("input[type=submit], button[type=submit]").first.click()
-            page.wait_for_url(lambda u: "/auth/login" not in u)
-            page.get_by_text("NX1 Connect", exact=True).first.click()
-            page.wait_for_url("**/plugin/nx1-connect")
-            frame = page.frame_locator("iframe").first
+            frame = open_nx1(page, server.url, browser_env.ADMIN, PASSWORD)
             frame.get_by_role("link", name="Webhooks", exact=True).click()
             expect(frame.locator("#nx1-webhooks")).to_be_visible()
 
