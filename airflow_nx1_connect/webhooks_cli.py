@@ -7,14 +7,11 @@ with one line. Creating, deleting and testing are audited as `cli:<os user>`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import click
 
@@ -168,8 +165,8 @@ def webhooks_deliveries(webhook_id: str, limit: str | None, as_json: bool) -> No
 def webhooks_deliver(once: bool) -> None:
     """Run the webhook delivery loop in this process (every api-server process starts a
     delivery process of its own too, unless [nx1_connect] webhook_deliver_in_api_server is
-    False). Any number may run against one
-    store: each attempt is made by one of them. Stops on SIGINT or SIGTERM."""
+    False). Any number may run against one store: each attempt is made by one of them. Stops
+    on SIGINT or SIGTERM."""
     from airflow_nx1_connect.core import store
     from airflow_nx1_connect.core.settings import get_settings
     from airflow_nx1_connect.core.webhooks import delivery
@@ -177,12 +174,6 @@ def webhooks_deliver(once: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     store.check_migrated(_engine())
     deliverer = delivery.Deliverer(engines.get_engine, get_settings)
-
-    def stop(*_args: Any) -> None:
-        deliverer.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     with _stdout_to_stderr():  # it prints no data: only log lines, on stderr
-        attempts = asyncio.run(deliverer.run(once=once))
+        attempts = deliverer.serve(once=once)
     _note(f"Webhook delivery stopped after {attempts} attempt(s).")

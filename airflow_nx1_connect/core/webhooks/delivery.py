@@ -32,6 +32,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -45,6 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from airflow_nx1_connect.core.clock import utcnow
+from airflow_nx1_connect.core.errors import one_line
 from airflow_nx1_connect.core.webhooks import decrypt_secret, is_private, sign, url_parts
 from airflow_nx1_connect.core.webhooks.tables import deliveries, events, webhooks
 
@@ -400,7 +402,7 @@ class Deliverer:
                     try:
                         claimed = await asyncio.to_thread(self._record_and_claim, answers, free)
                     except Exception as exc:  # recorded-or-not, their claims expire: resent
-                        log.warning("Webhook deliveries cannot be claimed now: %s", _line(exc))
+                        log.warning("Webhook deliveries cannot be claimed now: %s", one_line(exc))
                         if once:
                             raise
                         await self._sleep(max(self.poll_s, 2.0))
@@ -431,7 +433,7 @@ class Deliverer:
                 await asyncio.to_thread(self._record_and_claim, answers, 0)
                 await asyncio.to_thread(release, self.engine(), self.worker)
             except Exception as exc:  # they expire after LEASE_S instead
-                log.warning("Webhook claims cannot be released: %s", _line(exc))
+                log.warning("Webhook claims cannot be released: %s", one_line(exc))
         return self.attempts
 
     def _record_and_claim(self, answers: list[Answer], free: int) -> list[Claimed]:
@@ -482,7 +484,12 @@ class Deliverer:
         """Ask the loop to end (in-flight attempts are cancelled; their claims expire)."""
         self.stopping.set()
 
+    def serve(self, *, once: bool = False) -> int:
+        """`run` as a process's main loop: SIGTERM and SIGINT stop it. Returns the attempts."""
 
-def _line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+        def stop(*_args: object) -> None:
+            self.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        return asyncio.run(self.run(once=once))

@@ -15,10 +15,8 @@ going away (even a parent killed with SIGKILL). Its log lines go to the api-serv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -104,18 +102,13 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # the attempts that need it say why
         log.warning("Airflow's Fernet key cannot be loaded: %s", exc)
 
-    def stop(*_args: object) -> None:
-        deliverer.stop()
-
     def orphaned() -> None:
         while not deliverer.stopping.wait(1.0):
             if os.getppid() != parent:
                 deliverer.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     threading.Thread(target=orphaned, name="nx1-webhooks-parent", daemon=True).start()
-    asyncio.run(deliverer.run())
+    deliverer.serve()
     return 0
 
 
